@@ -1,0 +1,139 @@
+"""The `leanssl` command: demo, train, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LeansslError
+
+# Method options: flag -> (config field, type, help). None on the command line keeps the method's default.
+_METHOD_FLAGS = {
+    "--dim": ("dim", int, "bank / projection width D"),
+    "--proj-hidden": ("proj_hidden", int, "projection MLP hidden width"),
+    "--negatives": ("negatives", int, "k bank rows sampled as negatives per step"),
+    "--tau": ("tau", float, "temperature of the instance-discrimination CE"),
+    "--kl-weight": ("kl_weight", float, "λ_KL of SqrtKL self-distillation (0: off)"),
+    "--cutmix-alpha": ("cutmix_alpha", float, "CutMix Beta(α, α) (0: off)"),
+    "--bank-update": ("bank_update", str, "bank update rule: grad or ema"),
+    "--bank-momentum": ("bank_momentum", float, "m of the ema bank rule"),
+    "--bank-lr": ("bank_lr", float, "η of the grad bank rule (summed-loss convention)"),
+}
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="data SPEC: digits, fashion-mnist[:PATH], mnist:PATH, cifar10:PATH, "
+                   "cifar100:PATH, stl10:PATH, folder:PATH (or a bare folder), npz:PATH")
+    p.add_argument("--method", default="essl", help="essl (default) or npid")
+    p.add_argument("--backbone", default="small_cnn", help="small_cnn, resnet18_cifar, resnet50_cifar or any timm model name")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.5 x batch/256)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=float, default=2.0)
+    p.add_argument("--out", default=None, help="run folder (default runs/<data>-<method>-<backbone>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--fraction", type=float, default=1.0, help="pretrain on a seeded, class-stratified fraction of the training split")
+    p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the source's)")
+    p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after N epochs in this invocation (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for flag, (_, typ, help_) in _METHOD_FLAGS.items():
+        p.add_argument(flag, type=typ, default=None, help=help_)
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="feature-calibrated bank initialisation (essl default on, npid off)")
+    p.add_argument("--kl-to-bank", action=argparse.BooleanOptionalAction, default=None,
+                   help="let SqrtKL's gradient reach the bank in the grad rule")
+
+
+def _train_config(a: argparse.Namespace):
+    from .train import TrainConfig
+
+    method_args = {field: getattr(a, flag[2:].replace("-", "_")) for flag, (field, _, _) in _METHOD_FLAGS.items()}
+    method_args.update(calibrate=a.calibrate, kl_to_bank=a.kl_to_bank)
+    data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
+    return TrainConfig(
+        data=a.data, method=a.method, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+        weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, seed=a.seed, device=a.device,
+        fraction=a.fraction, resolution=a.resolution, out=a.out or f"runs/{data_name}-{a.method}-{a.backbone}",
+        cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
+        method_args={k: v for k, v in method_args.items() if v is not None})
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .train import train
+
+    cfg = _train_config(a)
+    summary = train(cfg, resume=a.resume)
+    state = "finished" if summary["complete"] else f"stopped after epoch {summary['epochs_done']} (continue with --resume)"
+    print(f"{state}: {summary['train_images']} images, {summary['train_seconds']:.1f} s, "
+          f"{summary['images_per_s'] or 0:.0f} img/s, peak memory {summary['peak_mem_mb']:.0f} MB -> {cfg.out}")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from .eval.evaluate import evaluate, parse_protocols
+
+    res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, baselines=a.baselines,
+                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json)
+    if a.json:
+        print(json.dumps(res))
+        return
+    for k, v in res.items():
+        if k.endswith("top1"):
+            print(f"{k:>14}: {100 * v:.2f}%")
+    print(f"({res['train_images']} train / {res['test_images']} test images, kNN k={res['knn_k']} T={res['knn_t']})")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(a.out), epochs=a.epochs, device=a.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leanssl", description="Single-branch self-supervised pretraining for small compute.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="pretrain essl on scikit-learn's digits and compare with raw pixels and a random backbone")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the demo's budget)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="pretrain a backbone")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's backbone on a labelled source")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="data SPEC with labels (may differ from the pretraining data: transfer)")
+    p.add_argument("--protocol", default="knn,linear", help="comma-separated: knn, linear")
+    p.add_argument("--labels-per-class", type=int, default=None, help="use only K labelled training images per class")
+    p.add_argument("--baselines", action="store_true", help="also evaluate a random backbone and raw pixels")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LeansslError as e:
+        print(f"leanssl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("leanssl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

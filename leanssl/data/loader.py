@@ -1,0 +1,56 @@
+"""Batches gathered by index from the uint8 cache and moved to the training device.
+
+Small data sets (below `resident_bytes`) are copied to the device once, so a batch is one
+index-select there; larger ones are gathered from the memory-mapped cache batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class DeviceLoader:
+    def __init__(self, x: np.ndarray, device: torch.device | str, resident_bytes: int = 4 << 30):
+        self.x = x
+        self.device = torch.device(device)
+        self.resident = torch.from_numpy(np.array(x)).to(self.device) if x.nbytes <= resident_bytes else None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images at dataset indices `idx` (a CPU int64 tensor), on the device."""
+        if self.resident is not None:
+            return self.resident[idx.to(self.device)]
+        order = idx.numpy()
+        # Sorted reads are sequential on disk; undo the sort after the copy.
+        sort = np.argsort(order, kind="stable")
+        batch = np.empty((len(order),) + self.x.shape[1:], dtype=np.uint8)
+        batch[sort] = self.x[order[sort]]
+        t = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
+    def epoch(self, batch_size: int, epoch_seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A seeded random pass that drops the last partial batch (its images differ every epoch).
+
+        The order depends only on `epoch_seed`, so a resumed run sees the same batches.
+        """
+        g = torch.Generator().manual_seed(epoch_seed)
+        perm = torch.randperm(len(self), generator=g)
+        for i in range(len(self) // batch_size):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            yield self.gather(idx), idx.to(self.device)
+
+    def ordered(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every image once, in order, the last partial batch included."""
+        for start in range(0, len(self), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(self)))
+            yield self.gather(idx), idx.to(self.device)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(self) // batch_size

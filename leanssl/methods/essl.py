@@ -1,0 +1,140 @@
+"""`essl`: single-branch non-parametric instance discrimination (Cao & Wu, arXiv 2404.19289).
+
+One augmented view per image per step. Each image is its own class; the class weights are a
+memory bank of L2-normalised features (see DESIGN.md §2 for the formulas):
+
+    z = normalize(g(f(cutmix(aug(x)))))          s = z · W[C]ᵀ,  C = batch rows ∪ k sampled rows
+    L = λ·CE(s/τ, r) + (1-λ)·CE(s/τ, π(r)) + λ_KL · SqrtKL(softmax(s))
+
+then the bank rows are updated without gradient, by EMA or by the paper's gradient step.
+Every addition can be switched off; `npid` is this method with all of them off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..bank import MemoryBank
+from ..errors import LeansslError
+from ..models.heads import mlp
+from .base import Method
+
+
+@dataclass
+class EsslConfig:
+    dim: int = 128                 # bank width D (paper 2048; NPID's 128 costs 16x less per scored column)
+    proj_hidden: int | None = None  # projection MLP width; None: 2048 (paper) for >= 512-d backbones, else 4x width
+    negatives: int = 10000         # k sampled bank rows per step (paper 10000); all rows when N <= k + B
+    tau: float = 0.2               # CE temperature on cosines
+    kl_weight: float = 20.0        # λ_KL for SqrtKL self-distillation; 0 switches it off
+    cutmix_alpha: float = 0.5      # Beta(α, α) for CutMix; 0 switches it off
+    bank_update: str = "grad"      # "grad" (the paper's correction) or "ema" (NPID, authors' code)
+    bank_momentum: float = 0.5     # m for the ema rule
+    bank_lr: float = 0.1           # η for the grad rule, per-sample *summed* CE convention (see bank.update_grad)
+    kl_to_bank: bool = False       # let SqrtKL's gradient reach the bank in the grad rule (ablation)
+    calibrate: bool = True         # fill the bank from one pass of the untrained network before epoch 1
+
+
+def sqrt_kl(s: torch.Tensor) -> torch.Tensor:
+    """SqrtKL self-distillation: KL(p ‖ sg(normalize_L1(√p))), p = softmax(s), averaged over rows.
+
+    The target is p flattened (square root, renormalised), so minimising the KL spreads
+    probability, and with it gradient, over many bank columns.
+    """
+    logp = F.log_softmax(s.float(), dim=1)
+    logu = (0.5 * logp - torch.logsumexp(0.5 * logp, dim=1, keepdim=True)).detach()
+    return (logp.exp() * (logp - logu)).sum(1).mean()
+
+
+def cutmix(v: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Paste a box of image π(r) into image r. Returns the mixed batch, π and λ (the kept area).
+
+    λ ~ Beta(α, α) and the box come from the host RNG, so no device sync is needed; λ is then
+    corrected to the box's true area after clipping at the border.
+    """
+    b, _, h, w = v.shape
+    lam = rng.beta(alpha, alpha)
+    cut = np.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = rng.integers(h), rng.integers(w)
+    y1, y2 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x1, x2 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    perm = torch.randperm(b, generator=gen, device=v.device)
+    mixed = v.clone()
+    mixed[:, :, y1:y2, x1:x2] = v[perm, :, y1:y2, x1:x2]
+    lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+    return mixed, perm, lam
+
+
+class ESSL(Method):
+    name = "essl"
+    Config = EsslConfig
+
+    def __init__(self, backbone, data, cfg: EsslConfig | None = None, aug=None):
+        super().__init__(backbone, data, aug)
+        self.cfg = cfg = cfg or self.Config()
+        if cfg.bank_update not in ("grad", "ema"):
+            raise LeansslError(f"unknown bank update '{cfg.bank_update}': use grad or ema")
+        width = backbone.num_features
+        hidden = cfg.proj_hidden or (2048 if width >= 512 else 4 * width)
+        self.head = mlp(width, hidden, cfg.dim)
+        self.bank = MemoryBank(data.num_images, cfg.dim)
+        self._pending: tuple | None = None
+
+    def embed(self, v: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(v)), dim=1)
+
+    @torch.no_grad()
+    def setup(self, loader, batch_size: int) -> None:
+        """Feature calibration: one no-grad pass of the untrained network fills every bank row.
+
+        The pass runs in train mode so BatchNorm normalises with batch statistics, as in the
+        training forward, and the running statistics it would disturb are restored afterwards.
+        """
+        if not self.cfg.calibrate:
+            return
+        saved = {k: v.clone() for k, v in self.state_dict().items() if "running_" in k or "num_batches" in k}
+        self.train()
+        for x, idx in loader.ordered(batch_size):
+            self.bank.write(idx, self.embed(self.augment.plain(x)))
+        self.load_state_dict(saved, strict=False)
+
+    def training_step(self, x, idx, gen, rng):
+        cfg = self.cfg
+        v = self.augment(x, gen)
+        b = v.shape[0]
+        rows = torch.arange(b, device=v.device)
+        perm, lam = rows, 1.0
+        if cfg.cutmix_alpha > 0:
+            v, perm, lam = cutmix(v, cfg.cutmix_alpha, rng, gen)
+        z = self.embed(v)
+
+        cols = self.bank.columns(idx, cfg.negatives, gen)
+        w = self.bank.weight[cols]  # a copy: the bank itself is only changed in after_step
+        if cfg.bank_update == "grad":
+            w.requires_grad_(True)  # its gradient comes out of the same backward pass
+        s = z @ w.t()
+        logits = s.float() / cfg.tau
+        ce = lam * F.cross_entropy(logits, rows) + (1 - lam) * F.cross_entropy(logits, perm)
+        loss, logs = ce, {"ce": ce.detach()}
+        if cfg.kl_weight > 0:
+            s_kl = s if (cfg.kl_to_bank or not w.requires_grad) else z @ w.detach().t()
+            kl = sqrt_kl(s_kl)
+            loss = loss + cfg.kl_weight * kl
+            logs["kl"] = kl.detach()
+        self._pending = (idx, cols, w, z.detach(), perm, lam)
+        return loss, logs
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        idx, cols, w, z, _, _ = self._pending
+        self._pending = None
+        if self.cfg.bank_update == "ema":
+            self.bank.update_ema(idx, z, self.cfg.bank_momentum)
+        elif w.grad is not None:
+            # autograd gives the batch-mean gradient; x B for the summed convention of bank_lr.
+            self.bank.update_grad(cols, w.grad * z.shape[0], self.cfg.bank_lr)
