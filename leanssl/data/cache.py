@@ -1,0 +1,239 @@
+"""Decode-once cache: one folder of uint8 ``.npy`` arrays per (source, resolution), memory-mapped on load.
+
+A cache entry is built in a temporary sibling folder, ``meta.json`` is written last (with
+``"complete": true``) and the folder is then renamed into place with ``os.replace``, so a build
+that was interrupted is never taken for a finished one. An entry whose meta is missing or whose
+array files do not match it is deleted and rebuilt. The entry name carries a hash of everything
+that determines its contents (see :func:`entry_key`), so a changed source gets a new entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from leanssl.errors import LeansslError
+
+# Bump whenever the decoded pixels or the layout of an entry change (resampling, crop rule, files).
+FORMAT_VERSION = 1
+META = "meta.json"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` if given, else ``$LEANSSL_CACHE``, else ``~/.cache/leanssl``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("LEANSSL_CACHE") or Path.home() / ".cache" / "leanssl"
+    return Path(cache_dir).expanduser().absolute()
+
+
+def file_fingerprint(paths: list[str], base: str) -> list[list]:
+    """(relative path, size, mtime_ns) of each file: cheap to compute, changes when a file does."""
+    out = []
+    for p in sorted(paths):
+        st = os.stat(p)
+        out.append([os.path.relpath(p, base), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def entry_key(**parts) -> str:
+    """Short stable hash of the JSON-serialisable ``parts`` plus :data:`FORMAT_VERSION`."""
+    blob = json.dumps({"format_version": FORMAT_VERSION, **parts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class CacheWriter:
+    """Creates the arrays of one entry inside its temporary build folder."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def _path(self, name: str) -> Path:
+        return self.dir / f"{name}.npy"
+
+    def images(self, name: str, n: int, channels: int, resolution: int) -> np.memmap:
+        """A writable uint8 (n, C, R, R) array backed by the file, so big sources never sit in RAM."""
+        arr = np.lib.format.open_memmap(
+            self._path(name), mode="w+", dtype=np.uint8, shape=(n, channels, resolution, resolution)
+        )
+        self._arrays[name] = arr
+        return arr
+
+    def get(self, name: str) -> np.ndarray:
+        return self._arrays[name]
+
+    def labels(self, name: str, y: np.ndarray) -> None:
+        y = np.ascontiguousarray(y, dtype=np.int64)
+        np.save(self._path(name), y)
+        self._arrays[name] = y
+
+    def shrink(self, name: str, n: int, chunk: int = 2048) -> np.memmap | None:
+        """Keep the first ``n`` rows of an image array (used after skipping undecodable files).
+
+        The .npy header holds the shape, so this copies into a new file; skips are rare and this
+        keeps memory bounded. ``n == 0`` removes the array.
+        """
+        old = self._arrays.pop(name)
+        if n == len(old):
+            self._arrays[name] = old
+            return old
+        tmp_name = f"{name}.shrink"
+        new = None
+        if n > 0:
+            new = self.images(tmp_name, n, old.shape[1], old.shape[2])
+            for s in range(0, n, chunk):
+                new[s : s + chunk] = old[s : min(s + chunk, n)]
+            new.flush()
+            self._arrays.pop(tmp_name)
+        del old
+        os.remove(self._path(name))
+        if new is None:
+            return None
+        del new
+        os.replace(self._path(tmp_name), self._path(name))
+        arr = np.load(self._path(name), mmap_mode="r+")
+        self._arrays[name] = arr
+        return arr
+
+    def finish(self, meta: dict) -> dict:
+        """Flush and fsync every array, then write meta.json (last) describing them."""
+        described = {}
+        for name, arr in self._arrays.items():
+            if isinstance(arr, np.memmap):
+                arr.flush()
+            path = self._path(name)
+            _fsync_file(path)
+            described[name] = {
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "bytes": path.stat().st_size,
+            }
+        self._arrays.clear()
+        meta = {**meta, "format_version": FORMAT_VERSION, "arrays": described, "complete": True}
+        meta_path = self.dir / META
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(self.dir)
+        return meta
+
+
+def load_entry(directory: Path) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """Open a finished entry: image arrays read-only memory-mapped, labels in memory.
+
+    Returns None when the entry is missing, unfinished, from another format version, or its
+    files do not match meta.json.
+    """
+    try:
+        with open(directory / META) as f:
+            meta = json.load(f)
+        if meta.get("complete") is not True or meta.get("format_version") != FORMAT_VERSION:
+            return None
+        arrays = {}
+        for name, info in meta["arrays"].items():
+            path = directory / f"{name}.npy"
+            if path.stat().st_size != info["bytes"]:
+                return None
+            arr = np.load(path, mmap_mode="r") if info["dtype"] == "uint8" else np.load(path)
+            if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
+                return None
+            arrays[name] = arr
+        return meta, arrays
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_or_build(
+    root: Path, entry: str, build: Callable[[CacheWriter], dict]
+) -> tuple[dict, dict[str, np.ndarray], Path]:
+    """Return (meta, arrays, folder) of cache entry ``root/entry``, building it first if needed.
+
+    ``build`` fills a :class:`CacheWriter` and returns the source-specific part of meta.
+    """
+    final = root / entry
+    found = load_entry(final)
+    if found is not None:
+        return (*found, final)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LeansslError(f"cannot create cache folder {root}: {e.strerror or e}") from None
+    if final.exists():  # unfinished or damaged: rebuild
+        shutil.rmtree(final, ignore_errors=True)
+    _remove_dead_builds(root, entry)
+
+    tmp = root / f".{entry}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        writer = CacheWriter(tmp)
+        writer.finish(build(writer))
+        del writer
+        _install(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    found = load_entry(final)
+    if found is None:
+        raise LeansslError(f"cache entry {final} is unreadable right after building it")
+    return (*found, final)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename the finished build into place. With concurrent builders, a valid entry that
+    another process installed first is kept (the result is identical)."""
+    for _ in range(3):
+        try:
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            return
+        except OSError:
+            if not final.exists():
+                raise
+            if load_entry(final) is not None:
+                return
+            shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _remove_dead_builds(root: Path, entry: str) -> None:
+    """Delete temporary build folders of this entry left by killed processes on this host."""
+    prefix = f".{entry}.tmp-{socket.gethostname()}-"
+    for p in root.glob(f".{entry}.tmp-*"):
+        if not p.name.startswith(prefix):
+            continue
+        try:
+            pid = int(p.name[len(prefix) :].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not support fsync on directories
+    finally:
+        os.close(fd)
