@@ -12,6 +12,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .data.sources import open_dataset, stratified_subset
 from .errors import LeansslError
 from .methods import get_method
 from .methods.base import DataInfo, config_from_args
-from .models.backbones import build_backbone
+from .models.backbones import build_backbone, check_backbone_name
 
 # Fields that must match for --resume to continue the same run.
 _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args")
@@ -160,6 +161,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     if cfg.batch_size < 2:
         raise LeansslError("--batch-size must be at least 2 (BatchNorm needs more than one sample)")
+    if not 0 < cfg.fraction <= 1:
+        raise LeansslError(f"--fraction must be in (0, 1], got {cfg.fraction}")
+    get_method(cfg.method)  # fail on a bad name before any data is decoded
+    check_backbone_name(cfg.backbone)
 
     ckpt_path = out / "checkpoint.pt"
     state = None
@@ -179,6 +184,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     ds = open_dataset(cfg.data, cfg.resolution, cfg.cache_dir, progress=cfg.progress)
     cfg.resolution = ds.resolution
+    if ds.skipped:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in ds.skipped))
+        print(f"leanssl: skipped {len(ds.skipped)} undecodable image(s), listed in {out / 'skipped.txt'}", file=sys.stderr)
     x = ds.pretrain.x
     if cfg.fraction != 1.0:
         x = x[stratified_subset(ds.pretrain.y, len(x), cfg.fraction, cfg.seed)]

@@ -64,14 +64,19 @@ def available_backbones() -> list[str]:
     return sorted(_LOCAL) + ["<any timm model name>"]
 
 
+def check_backbone_name(name: str) -> None:
+    if name in _LOCAL or name in timm.list_models():
+        return
+    close = difflib.get_close_matches(name, list(_LOCAL) + timm.list_models(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise LeansslError(f"unknown backbone '{name}'{hint}: use small_cnn, resnet18_cifar, resnet50_cifar or a timm model name")
+
+
 def build_backbone(name: str, in_chans: int, img_size: int) -> nn.Module:
     """Build a randomly initialised backbone; `model.num_features` is its output width."""
+    check_backbone_name(name)
     if name in _LOCAL:
         return _LOCAL[name](in_chans, img_size)
-    if name not in timm.list_models():
-        close = difflib.get_close_matches(name, list(_LOCAL) + timm.list_models(), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise LeansslError(f"unknown backbone '{name}'{hint}: use small_cnn, resnet18_cifar, resnet50_cifar or a timm model name")
     kwargs = dict(pretrained=False, num_classes=0, in_chans=in_chans)
     try:  # ViTs and other fixed-size models need the input size; convnets reject the argument
         return timm.create_model(name, img_size=img_size, **kwargs)
