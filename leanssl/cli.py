@@ -77,7 +77,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_eval(a: argparse.Namespace) -> None:
     from .eval.evaluate import evaluate, parse_protocols
 
-    res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, baselines=a.baselines,
+    res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
                    device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json)
     if a.json:
         print(json.dumps(res))
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data SPEC with labels (may differ from the pretraining data: transfer)")
     p.add_argument("--protocol", default="knn,linear", help="comma-separated: knn, linear")
     p.add_argument("--labels-per-class", type=int, default=None, help="use only K labelled training images per class")
+    p.add_argument("--fraction", type=float, default=None,
+                   help="use only this seeded, class-stratified fraction of the labelled training images (as train --fraction)")
     p.add_argument("--baselines", action="store_true", help="also evaluate a random backbone and raw pixels")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..data.sources import open_dataset, per_class_subset
+from ..data.sources import open_dataset, per_class_subset, stratified_subset
 from ..errors import LeansslError
 from ..models.backbones import build_backbone
 from ..train import load_run_config, resolve_device
@@ -44,7 +44,8 @@ def parse_protocols(text: str) -> list[str]:
     return names
 
 
-def evaluate(run_dir, data: str, protocols=PROTOCOLS, labels_per_class: int | None = None, baselines: bool = False,
+def evaluate(run_dir, data: str, protocols=PROTOCOLS, labels_per_class: int | None = None, fraction: float | None = None,
+             baselines: bool = False,
              device: str = "auto", seed: int = 0, cache_dir=None, progress: bool = True, backbone=None, info=None,
              run_cfg=None) -> dict:
     """Top-1 accuracies (fractions) of each protocol on `data`'s test split.
@@ -59,9 +60,13 @@ def evaluate(run_dir, data: str, protocols=PROTOCOLS, labels_per_class: int | No
     if ds.train is None or ds.test is None or ds.train.y is None:
         raise LeansslError(f"evaluation needs a labelled train and test split, and '{data}' has none")
     tr_idx = None
+    if fraction is not None:  # the same seeded, stratified subset `train --fraction` pretrains on
+        tr_idx = stratified_subset(ds.train.y, len(ds.train.y), fraction, run_cfg.seed)
     if labels_per_class is not None:
         if labels_per_class < 1:
             raise LeansslError("--labels-per-class must be at least 1")
+        if tr_idx is not None:
+            raise LeansslError("use either --labels-per-class or --fraction, not both")
         tr_idx = per_class_subset(ds.train.y, labels_per_class, seed)
     xtr = ds.train.x if tr_idx is None else ds.train.x[tr_idx]
     ytr = torch.from_numpy(ds.train.y if tr_idx is None else ds.train.y[tr_idx]).long()
@@ -87,11 +92,12 @@ def evaluate(run_dir, data: str, protocols=PROTOCOLS, labels_per_class: int | No
     result = {"data": data, "pretrain_data": run_cfg.data, "transfer": data != run_cfg.data,
               "backbone": run_cfg.backbone, "method": run_cfg.method,
               "train_images": len(xtr), "test_images": len(ds.test.x), "labels_per_class": labels_per_class,
+              "label_fraction": fraction,
               "knn_k": KNN_K, "knn_t": KNN_T, "protocols": list(protocols)}
     result.update(score(*backbone_features(backbone, "ssl")))
     if baselines:
         torch.manual_seed(seed)
         rand = build_backbone(run_cfg.backbone, info["channels"], info["resolution"])
         result["baselines"] = {"random_init": score(*backbone_features(rand, "random")),
-                               "raw_pixels": score(pixel_features(xtr), pixel_features(ds.test.x))}
+                               "raw_pixels": score(*pixel_features(xtr, ds.test.x))}
     return result
