@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("leanssl: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "out of memory" not in str(e).lower():
+            raise
+        print("leanssl: error: out of memory: try a smaller --batch-size (or a smaller --resolution / backbone)", file=sys.stderr)
+        return 2
     return 0
 
 

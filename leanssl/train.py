@@ -205,11 +205,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, last_loss = 0, 0.0, float("nan")
     if state is not None:
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch, elapsed = state["epoch"], state["elapsed"]
+        start_epoch, elapsed, last_loss = state["epoch"], state["elapsed"], state["loss"]
         torch.set_rng_state(state["torch_rng"])
     else:
         t0 = time.perf_counter()
@@ -222,8 +222,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         epochs_csv.write_text("epoch,loss,seconds,images_per_s,peak_mem_mb\n")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
-    images_seen = 0
-    last_loss = float("nan")
 
     for epoch in range(start_epoch, end_epoch):
         method.train()
@@ -254,7 +252,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 bar.set_postfix(loss=f"{new[-1]:.4f}", img_s=f"{rate:.0f}")
         seconds = time.perf_counter() - t_epoch
         elapsed += seconds
-        images_seen += steps_per_epoch * cfg.batch_size
         last_loss = float(np.mean(losses))
         rate = steps_per_epoch * cfg.batch_size / seconds
         with open(epochs_csv, "a") as f:
@@ -262,7 +259,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if cfg.progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {last_loss:.4f}  {rate:.0f} img/s  {seconds:.1f}s")
         atomic_save({"model": method.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                     "elapsed": elapsed, "config": asdict(cfg), "torch_rng": torch.get_rng_state()}, ckpt_path)
+                     "loss": last_loss, "elapsed": elapsed, "config": asdict(cfg), "torch_rng": torch.get_rng_state()}, ckpt_path)
 
     done = end_epoch >= cfg.epochs
     if done:
