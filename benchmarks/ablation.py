@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -53,7 +54,9 @@ def run_row(name: str, flags: list[str], a: argparse.Namespace, run_dir: Path) -
     if (run_dir / "checkpoint.pt").exists():
         train.append("--resume")  # a killed benchmark continues the row it was in
     print(f"[{name}] {' '.join(train[2:])}", flush=True)
+    load_before = os.getloadavg()[0]
     subprocess.run(train, check=True)
+    load_after = os.getloadavg()[0]  # other work on a shared machine slows a row: keep the evidence
     summary = json.loads((run_dir / "summary.json").read_text())
     evals = {}
     floors = ["--baselines"] if name == ROWS[0][0] else []  # raw pixels and a random backbone, once
@@ -62,7 +65,7 @@ def run_row(name: str, flags: list[str], a: argparse.Namespace, run_dir: Path) -
         ev = subprocess.run([sys.executable, "-m", "leanssl.cli", "eval", str(run_dir), "--data", a.data, "--json",
                              "--device", a.device, *extra, *common], check=True, capture_output=True, text=True)
         evals[key] = json.loads(ev.stdout.strip().splitlines()[-1])
-    return {"name": name, "flags": flags, "train": summary, "eval": evals}
+    return {"name": name, "flags": flags, "train": summary, "eval": evals, "loadavg": [load_before, load_after]}
 
 
 def main() -> None:
@@ -101,7 +104,7 @@ def main() -> None:
              f"--batch-size {a.batch_size} --fraction {a.fraction:g}`", ""]
     sub = a.fraction < 1
     head = "| row | kNN top-1 | linear top-1 |" + (" kNN, subset labels | linear, subset labels |" if sub else "")
-    lines += [head + " train s | images/s | peak RSS MB |", "|" + "---|" * (head.count("|") + 2)]
+    lines += [head + " train s | images/s | peak RSS MB | load avg |", "|" + "---|" * (head.count("|") + 3)]
     def acc(ev: dict) -> list[str]:
         keys = ["all", "subset"] if sub else ["all"]
         return [f"{100 * ev[k][m]:.2f}%" for k in keys for m in ("knn_top1", "linear_top1")]
@@ -110,13 +113,14 @@ def main() -> None:
     if first:
         for floor in ("raw_pixels", "random_init"):
             ev = {k: v["baselines"][floor] for k, v in first["eval"].items()}
-            lines.append(f"| *{floor.replace('_', ' ')}* | " + " | ".join(acc(ev)) + " | – | – | – |")
+            lines.append(f"| *{floor.replace('_', ' ')}* | " + " | ".join(acc(ev)) + " | – | – | – | – |")
     for name, _ in ROWS:
         if name not in results:
             continue
         r = results[name]
         tr = r["train"]
-        cells = acc(r["eval"]) + [f"{tr['train_seconds']:.0f}", f"{tr['images_per_s']:.0f}", f"{tr['peak_mem_mb']:.0f}"]
+        cells = acc(r["eval"]) + [f"{tr['train_seconds']:.0f}", f"{tr['images_per_s']:.0f}", f"{tr['peak_mem_mb']:.0f}",
+                                  "{:.1f}→{:.1f}".format(*r["loadavg"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
 
