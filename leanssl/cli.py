@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -42,6 +44,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after N epochs in this invocation (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--strict-images", action="store_true", help="an undecodable image is an error (default: skipped and listed)")
+    p.add_argument("--on-nan", choices=("stop", "skip"), default="stop",
+                   help="a non-finite loss or gradient norm stops the run (default) or skips that batch")
+    p.add_argument("--grad-norm-limit", type=float, default=None,
+                   help="treat a total gradient norm above this as divergence, like NaN (default: only non-finite)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="also checkpoint every N steps within an epoch (default: every epoch only)")
     for flag, (_, typ, help_) in _METHOD_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=help_)
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
@@ -61,17 +70,36 @@ def _train_config(a: argparse.Namespace):
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, seed=a.seed, device=a.device,
         fraction=a.fraction, resolution=a.resolution, out=a.out or f"runs/{data_name}-{a.method}-{a.backbone}",
         cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
-        method_args={k: v for k, v in method_args.items() if v is not None})
+        method_args={k: v for k, v in method_args.items() if v is not None},
+        strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,
+        checkpoint_every=a.checkpoint_every)
 
 
-def cmd_train(a: argparse.Namespace) -> None:
-    from .train import train
+def _report_skips(summary: dict, out: str) -> None:
+    """What the run left out, said again at the end where it is seen."""
+    if summary["skipped_images"]:
+        print(f"leanssl: skipped {summary['skipped_images']} undecodable image(s), listed in {Path(out) / 'skipped.txt'}",
+              file=sys.stderr)
+    if summary["skipped_steps"]:
+        print(f"leanssl: skipped {summary['skipped_steps']} diverged batch(es) (--on-nan skip)", file=sys.stderr)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import TrainingInterrupted, train
 
     cfg = _train_config(a)
-    summary = train(cfg, resume=a.resume)
+    try:
+        summary = train(cfg, resume=a.resume)
+    except TrainingInterrupted as e:
+        _report_skips(e.summary, cfg.out)
+        print(f"leanssl: {e.summary['interrupted']}: stopped at step {e.summary['steps_done']}, checkpoint saved in "
+              f"{cfg.out} (continue with --resume)", file=sys.stderr)
+        return 128 + signal.Signals[e.summary["interrupted"]]  # the shell's convention for "ended by this signal"
+    _report_skips(summary, cfg.out)
     state = "finished" if summary["complete"] else f"stopped after epoch {summary['epochs_done']} (continue with --resume)"
     print(f"{state}: {summary['train_images']} images, {summary['train_seconds']:.1f} s, "
           f"{summary['images_per_s'] or 0:.0f} img/s, peak memory {summary['peak_mem_mb']:.0f} MB -> {cfg.out}")
+    return 0
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -121,13 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_eval)
+    from .cli_tools import add_commands
+    add_commands(sub)
     return parser
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    # CUDA: torch.OutOfMemoryError ("CUDA out of memory"); CPU: "DefaultCPUAllocator: can't allocate memory".
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except LeansslError as e:
         print(f"leanssl: error: {e}", file=sys.stderr)
         return 2
@@ -135,11 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         print("leanssl: interrupted", file=sys.stderr)
         return 130
     except (MemoryError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and "out of memory" not in str(e).lower():
+        if not _is_out_of_memory(e):
             raise
         print("leanssl: error: out of memory: try a smaller --batch-size (or a smaller --resolution / backbone)", file=sys.stderr)
         return 2
-    return 0
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"leanssl: error: disk full{where}: {e.strerror}; free space and run the command again", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The one training loop: every method, every data source, CPU or GPU.
 
 A run folder holds `config.json`, `log.csv` (per step), `epochs.csv` (per epoch),
-`checkpoint.pt` (everything needed to resume, written atomically every epoch),
-`backbone.safetensors` (the clean backbone, written at the end) and `summary.json`.
+`checkpoint.pt` (everything needed to resume, written atomically every epoch, every
+`checkpoint_every` steps and on SIGINT/SIGTERM), `backbone.safetensors` (the clean backbone,
+written at the end) and `summary.json`. A checkpoint taken mid-epoch also holds the epoch's
+generator states, so a resumed run replays the rest of the epoch exactly.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import csv
 import json
 import math
 import os
+import pickle
 import resource
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,9 @@ from .errors import LeansslError
 from .methods import get_method
 from .methods.base import DataInfo, config_from_args
 from .models.backbones import build_backbone, check_backbone_name
+
+# --on-nan skip: this many diverged batches in a row stop the run anyway (skipping is for rare bad batches).
+MAX_SKIPS_IN_A_ROW = 20
 
 # Fields that must match for --resume to continue the same run.
 _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args")
@@ -54,6 +62,10 @@ class TrainConfig:
     stop_after: int | None = None    # stop after this many epochs in this invocation (time slicing, tests)
     progress: bool = True
     method_args: dict = field(default_factory=dict)  # method config overrides, e.g. {"kl_weight": 0}
+    checkpoint_every: int | None = None  # also checkpoint every N steps within an epoch (a kill then loses less)
+    on_nan: str = "stop"             # a non-finite loss or gradient norm: "stop" the run, or "skip" that batch
+    grad_norm_limit: float | None = None  # a total gradient norm above this counts as diverged, like NaN
+    strict_images: bool = False      # an undecodable image is an error instead of being skipped
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else 0.5 * self.batch_size / 256
@@ -70,13 +82,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """Write to a temp file, fsync, rename over the target, fsync the folder: a crash leaves the old file or the new one."""
+    """Write to a temp file, fsync, rename over the target, fsync the folder: a crash leaves the old file or the new one.
+
+    On an error (a full disk) the temp file is removed and the old file is left as it was.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)  # a killed write's leftover; "x" below then never writes through a planted symlink
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -114,11 +134,89 @@ def build_method(cfg: TrainConfig, info: DataInfo):
     return cls(backbone, info, config_from_args(cls.Config, cfg.method_args))
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, unpickled with weights_only=True: tensors, numbers, strings and plain
+    containers only, so a crafted file cannot run code. A refused or damaged file is a LeansslError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message ends with how to allowlist the object; keep only what was refused.
+        what = next((ln.split("WeightsUnpickler error:")[-1].split(". ")[0].strip()
+                     for ln in str(e).splitlines() if "Unsupported" in ln), "")
+        raise LeansslError(f"refusing to load {path}: it holds Python objects other than tensors and plain data, "
+                           f"and unpickling them could run code ({what or type(e).__name__})") from None
+    except OSError as e:
+        raise LeansslError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... on a damaged file
+        msg = str(e).split(". ")[0].strip() or type(e).__name__
+        raise LeansslError(f"cannot load checkpoint {path}: damaged or not a leanssl checkpoint ({msg})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise LeansslError(f"{path} is not a leanssl checkpoint (no model state in it)")
+    return state
+
+
+def config_from_dict(values: dict, where) -> TrainConfig:
+    """A TrainConfig from a saved dict (config.json, a checkpoint); unknown keys are a clear error."""
+    unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)}) if isinstance(values, dict) else ["(not a dict)"]
+    if unknown:
+        raise LeansslError(f"{where}: not a config of this leanssl version (unknown {', '.join(map(str, unknown))})")
+    return TrainConfig(**values)
+
+
 def load_run_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise LeansslError(f"not a leanssl run folder (no config.json): {run_dir}")
-    return TrainConfig(**json.loads(path.read_text()))
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise LeansslError(f"{path}: unreadable ({e})") from None
+    cfg = config_from_dict(values, path)
+    cfg.out = str(run_dir)  # never the path recorded inside: a copied or crafted config cannot send writes elsewhere
+    return cfg
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training after its checkpoint was written; `summary` says where.
+    A KeyboardInterrupt, so callers that stop on Ctrl-C (the demo, scripts) still stop."""
+
+    def __init__(self, summary: dict):
+        super().__init__(summary["interrupted"])
+        self.summary = summary
+
+
+class _GracefulStop:
+    """While `armed` (the training loop), SIGINT/SIGTERM only set `signal`: the loop finishes its step,
+    checkpoints and returns. Unarmed (decoding data, calibrating), or on a second signal, the previous
+    handler runs as usual (a second Ctrl-C interrupts at once; the checkpoint on disk stays valid)."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self.armed = False
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.armed and self.signal is None:
+            self.signal = signal.Signals(signum).name
+            return
+        previous = self._previous[signum]
+        if self.armed:  # a second signal: from now on the usual behaviour
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)  # Python's SIGINT handler raises KeyboardInterrupt
+        elif previous != signal.SIG_IGN:  # the default action (for SIGTERM: end the process), re-delivered
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 class _Logger:
@@ -135,27 +233,38 @@ class _Logger:
         except Exception:  # TensorBoard is optional
             self.tb = None
 
-    def add(self, epoch: int, step: int, lr: float, loss: torch.Tensor, logs: dict) -> None:
-        vals = torch.stack([loss.detach().float()] + [logs.get(k, torch.full_like(loss, float("nan"))).float() for k in ("ce", "kl")])
+    def add(self, epoch: int, step: int, lr: float, loss: torch.Tensor, logs: dict, grad_norm: torch.Tensor) -> None:
+        nan = torch.full_like(loss, float("nan"))
+        vals = torch.stack([loss.detach().float()] + [logs.get(k, nan).float() for k in ("ce", "kl")] + [grad_norm.float()])
         self.pending.append((epoch, step, lr, vals))
 
-    def flush(self) -> list[float]:
-        """Write the pending rows; returns their losses (one host sync for all of them)."""
+    def flush(self) -> list[tuple]:
+        """Write the pending rows; returns them as (epoch, step, lr, loss, grad_norm) (one host sync for all)."""
         if not self.pending:
             return []
         values = torch.stack([p[3] for p in self.pending]).tolist()
         with open(self.path, "a", newline="") as f:
             w = csv.writer(f)
-            for (epoch, step, lr, _), (loss, ce, kl) in zip(self.pending, values):
+            for (epoch, step, lr, _), (loss, ce, kl, _) in zip(self.pending, values):
                 w.writerow([epoch, step, f"{lr:.6g}", repr(loss), repr(ce), repr(kl)])
                 if self.tb is not None:
                     self.tb.add_scalar("train/loss", loss, step)
+        rows = [(epoch, step, lr, v[0], v[3]) for (epoch, step, lr, _), v in zip(self.pending, values)]
         self.pending = []
-        return [v[0] for v in values]
+        return rows
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Pretrain and return the summary (also written to summary.json)."""
+    """Pretrain and return the summary (also written to summary.json).
+
+    SIGINT/SIGTERM during the training loop finish the current step, write a checkpoint and the
+    summary (with "interrupted" set to the signal's name), then raise TrainingInterrupted.
+    """
+    with _GracefulStop() as stop:
+        return _train(cfg, resume, stop)
+
+
+def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -163,6 +272,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise LeansslError("--batch-size must be at least 2 (BatchNorm needs more than one sample)")
     if not 0 < cfg.fraction <= 1:
         raise LeansslError(f"--fraction must be in (0, 1], got {cfg.fraction}")
+    if cfg.on_nan not in ("stop", "skip"):
+        raise LeansslError(f"--on-nan must be stop or skip, got {cfg.on_nan!r}")
+    if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
+        raise LeansslError(f"--checkpoint-every must be at least 1 step, got {cfg.checkpoint_every}")
+    if cfg.grad_norm_limit is not None and not cfg.grad_norm_limit > 0:
+        raise LeansslError(f"--grad-norm-limit must be positive, got {cfg.grad_norm_limit}")
     get_method(cfg.method)  # fail on a bad name before any data is decoded
     check_backbone_name(cfg.backbone)
 
@@ -171,8 +286,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if resume:
         if not ckpt_path.is_file():
             raise LeansslError(f"--resume: no checkpoint in {out} (nothing to resume; drop --resume to start)")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = TrainConfig(**state["config"])
+        state = load_checkpoint(ckpt_path)
+        saved = config_from_dict(state.get("config"), ckpt_path)
         if cfg.resolution is None:
             cfg.resolution = saved.resolution
         diff = [k for k in _RUN_IDENTITY if getattr(saved, k) != getattr(cfg, k)]
@@ -182,7 +297,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     elif ckpt_path.exists():
         raise LeansslError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
 
-    ds = open_dataset(cfg.data, cfg.resolution, cfg.cache_dir, progress=cfg.progress)
+    ds = open_dataset(cfg.data, cfg.resolution, cfg.cache_dir, strict=cfg.strict_images, progress=cfg.progress)
     cfg.resolution = ds.resolution
     if ds.skipped:
         out.mkdir(parents=True, exist_ok=True)
@@ -205,12 +320,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
-    start_epoch, elapsed, last_loss = 0, 0.0, float("nan")
+    start_epoch, elapsed, last_loss, skipped_steps = 0, 0.0, float("nan"), 0
     if state is not None:
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, elapsed, last_loss = state["epoch"], state["elapsed"], state["loss"]
+        skipped_steps = state.get("skipped_steps", 0)
         torch.set_rng_state(state["torch_rng"])
+        # A killed run may have logged steps after its checkpoint: they are replayed, so drop them.
+        resume_step = start_epoch * steps_per_epoch + state.get("step_in_epoch", 0)
+        _truncate_csv(out / "log.csv", lambda r: int(r["step"]) < resume_step)
+        _truncate_csv(out / "epochs.csv", lambda r: int(r["epoch"]) <= start_epoch)
     else:
         t0 = time.perf_counter()
         method.setup(loader, cfg.batch_size)
@@ -223,61 +343,160 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
 
+    params = [p for p in method.parameters() if p.requires_grad]
+    norm_stats = [b for n, b in method.named_buffers() if "running_" in n or "num_batches" in n]
+    epochs_done, skips_in_a_row = start_epoch, 0
+    steps_done = start_epoch * steps_per_epoch + (state.get("step_in_epoch", 0) if state is not None else 0)
+    stop.armed = True
     for epoch in range(start_epoch, end_epoch):
         method.train()
         # All randomness of an epoch derives from (seed, epoch): a resumed run replays it exactly.
         gen = torch.Generator(device).manual_seed(cfg.seed * 100003 + epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
+        first, losses, seconds_before = 0, [], 0.0
+        if state is not None and epoch == start_epoch and state.get("step_in_epoch"):
+            # A mid-epoch checkpoint: skip the batches it had consumed and continue its generators.
+            first, losses, seconds_before = state["step_in_epoch"], list(state["epoch_losses"]), state["epoch_seconds"]
+            gen.set_state(state["gen_state"])
+            rng.bit_generator.state = state["np_rng_state"]
         t_epoch = time.perf_counter()
-        losses: list[float] = []
-        bar = tqdm(loader.epoch(cfg.batch_size, cfg.seed * 7919 + epoch), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False, unit="batch")
-        for i, (xb, idx) in enumerate(bar):
+        bar = tqdm(loader.epoch(cfg.batch_size, cfg.seed * 7919 + epoch, start=first), initial=first, total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if cfg.progress else True, leave=False, unit="batch")
+        interrupted = False
+        for i, (xb, idx) in enumerate(bar, start=first):
             step = epoch * steps_per_epoch + i
+            steps_done = step + 1
             lr = lr_at(step, total_steps, warmup, cfg.base_lr())
             for g in opt.param_groups:
                 g["lr"] = lr
+            saved_stats = [b.clone() for b in norm_stats] if cfg.on_nan == "skip" else None
             with autocast:
                 loss, logs = method.training_step(xb, idx, gen, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            method.after_step()
-            logger.add(epoch, step, lr, loss, logs)
-            if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-                new = logger.flush()
-                losses += new
-                _check_finite(new, epoch, step, lr, device, ckpt_path)
-                rate = (i + 1) * cfg.batch_size / (time.perf_counter() - t_epoch)
-                bar.set_postfix(loss=f"{new[-1]:.4f}", img_s=f"{rate:.0f}")
-        seconds = time.perf_counter() - t_epoch
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            why = None
+            if cfg.on_nan == "skip":  # decided per step, so one host sync per step in this mode only
+                why = _divergence(*torch.stack([loss.detach().float(), grad_norm.float()]).tolist(), cfg.grad_norm_limit)
+            if why is None:
+                opt.step()
+                method.after_step()
+                logger.add(epoch, step, lr, loss, logs, grad_norm)
+                skips_in_a_row = 0
+            else:  # the batch leaves no trace: no optimizer step, no bank update, BatchNorm statistics restored
+                for b, saved in zip(norm_stats, saved_stats):
+                    b.copy_(saved)
+                skipped_steps, skips_in_a_row = skipped_steps + 1, skips_in_a_row + 1
+                tqdm.write(f"leanssl: step {step}: {why}; batch skipped (--on-nan skip)", file=sys.stderr)
+                if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                    raise _diverged(f"{skips_in_a_row} batches in a row diverged (the last: {why})", step, epoch, lr,
+                                    device, ckpt_path)
+            interrupted = stop.signal is not None  # read once: a signal arriving later is handled after the next step
+            end_of_epoch = i + 1 == steps_per_epoch
+            save_now = not end_of_epoch and (interrupted or
+                                             (cfg.checkpoint_every is not None and (step + 1) % cfg.checkpoint_every == 0))
+            if (i + 1) % cfg.log_every == 0 or end_of_epoch or save_now:
+                rows = logger.flush()
+                _check_rows(rows, cfg.grad_norm_limit, device, ckpt_path)
+                losses += [r[3] for r in rows]
+                if rows:
+                    rate = (i + 1 - first) * cfg.batch_size / (time.perf_counter() - t_epoch)
+                    bar.set_postfix(loss=f"{rows[-1][3]:.4f}", img_s=f"{rate:.0f}")
+            if save_now:
+                _save_checkpoint(ckpt_path, method, opt, cfg, epoch=epoch, step_in_epoch=i + 1, loss=last_loss,
+                                 elapsed=elapsed, skipped_steps=skipped_steps, gen_state=gen.get_state(),
+                                 np_rng_state=rng.bit_generator.state, epoch_losses=losses,
+                                 epoch_seconds=seconds_before + time.perf_counter() - t_epoch)
+            if interrupted:
+                break
+        if interrupted and i + 1 < steps_per_epoch:  # mid-epoch, after its checkpoint
+            break
+        seconds = seconds_before + time.perf_counter() - t_epoch
         elapsed += seconds
-        last_loss = float(np.mean(losses))
+        last_loss = float(np.mean(losses)) if losses else float("nan")
         rate = steps_per_epoch * cfg.batch_size / seconds
         with open(epochs_csv, "a") as f:
             f.write(f"{epoch + 1},{last_loss:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
         if cfg.progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {last_loss:.4f}  {rate:.0f} img/s  {seconds:.1f}s")
-        atomic_save({"model": method.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                     "loss": last_loss, "elapsed": elapsed, "config": asdict(cfg), "torch_rng": torch.get_rng_state()}, ckpt_path)
+        _save_checkpoint(ckpt_path, method, opt, cfg, epoch=epoch + 1, step_in_epoch=0, loss=last_loss, elapsed=elapsed,
+                         skipped_steps=skipped_steps)
+        epochs_done = epoch + 1
+        if stop.signal is not None:
+            break
+    stop.armed = False
 
-    done = end_epoch >= cfg.epochs
+    done = epochs_done >= cfg.epochs
     if done:
         save_file({k: v.contiguous() for k, v in method.backbone.state_dict().items()}, str(out / "backbone.safetensors"))
     summary = {"method": cfg.method, "backbone": cfg.backbone, "data": cfg.data, "fraction": cfg.fraction,
-               "train_images": len(x), "epochs_done": end_epoch, "epochs": cfg.epochs, "complete": done,
+               "train_images": len(x), "epochs_done": epochs_done, "steps_done": steps_done, "epochs": cfg.epochs,
+               "complete": done,
                "final_loss": last_loss, "train_seconds": elapsed,
-               "images_per_s": (end_epoch * steps_per_epoch * cfg.batch_size / elapsed) if elapsed and end_epoch else None,
-               "peak_mem_mb": peak_memory_mb(device), "device": str(device)}
+               "images_per_s": (epochs_done * steps_per_epoch * cfg.batch_size / elapsed) if elapsed and epochs_done else None,
+               "peak_mem_mb": peak_memory_mb(device), "device": str(device),
+               "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": stop.signal}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if stop.signal is not None:
+        raise TrainingInterrupted(summary)
     return summary
 
 
-def _check_finite(losses: list[float], epoch: int, step: int, lr: float, device: torch.device, ckpt: Path) -> None:
-    bad = [v for v in losses if not math.isfinite(v)]
-    if bad:
-        first = step - len(losses) + 1 + next(i for i, v in enumerate(losses) if not math.isfinite(v))
-        prec = ", or train in fp32 (bf16 autocast is on)" if device.type == "cuda" else ""
-        kept = f"the last good checkpoint ({ckpt}) is intact" if ckpt.exists() else "no checkpoint had been written yet"
-        raise LeansslError(f"loss became {bad[0]} at step {first} (epoch {epoch + 1}, lr {lr:.4g}): the run diverged; "
-                           f"try a lower --lr{prec}; {kept}")
+def _divergence(loss: float, grad_norm: float, limit: float | None) -> str | None:
+    """What is wrong with a step's loss and total gradient norm, or None."""
+    if not math.isfinite(loss):
+        return f"loss became {loss}"
+    if not math.isfinite(grad_norm):
+        return f"gradient norm became {grad_norm}"
+    if limit is not None and grad_norm > limit:
+        return f"gradient norm {grad_norm:.4g} exceeded --grad-norm-limit {limit:g}"
+    return None
+
+
+def _diverged(why: str, step: int, epoch: int, lr: float, device: torch.device, ckpt: Path) -> LeansslError:
+    prec = ", or train in fp32 (bf16 autocast is on)" if device.type == "cuda" else ""
+    kept = f"the last good checkpoint ({ckpt}) is intact" if ckpt.exists() else "no checkpoint had been written yet"
+    return LeansslError(f"{why} at step {step} (epoch {epoch + 1}, lr {lr:.4g}): the run diverged; "
+                        f"try a lower --lr{prec}, or --on-nan skip to skip such batches; {kept}")
+
+
+def _check_rows(rows: list[tuple], limit: float | None, device: torch.device, ckpt: Path) -> None:
+    """Stop at the first logged step whose loss or gradient norm diverged (checked once per log flush)."""
+    for epoch, step, lr, loss, grad_norm in rows:
+        why = _divergence(loss, grad_norm, limit)
+        if why is not None:
+            raise _diverged(why, step, epoch, lr, device, ckpt)
+
+
+def _save_checkpoint(path: Path, method, opt, cfg: TrainConfig, **progress) -> None:
+    """Everything needed to resume; `progress` says where (epoch, step_in_epoch, and mid-epoch the generator states)."""
+    state = {"model": method.state_dict(), "optimizer": opt.state_dict(), "config": asdict(cfg),
+             "torch_rng": torch.get_rng_state(), **progress}
+    try:
+        atomic_save(state, path)
+    except OSError as e:  # a full disk, a quota: the previous checkpoint is still the valid one
+        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint had been written yet"
+        raise LeansslError(f"cannot write checkpoint {path}: {e.strerror or e}; {kept}") from None
+
+
+def _truncate_csv(path: Path, keep) -> None:
+    """Keep the header and the complete rows for which keep(row) holds; a row cut short by a kill is dropped."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        lines = f.readlines()
+    if not lines:
+        return
+    header = next(csv.reader(lines[:1]))
+
+    def wanted(line: str) -> bool:
+        values = next(csv.reader([line]), [])
+        try:
+            return line.endswith("\n") and len(values) == len(header) and keep(dict(zip(header, values)))
+        except ValueError:
+            return False
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.writelines(lines[:1] + [ln for ln in lines[1:] if wanted(ln)])
+    os.replace(tmp, path)

@@ -5,6 +5,12 @@ A cache entry is built in a temporary sibling folder, ``meta.json`` is written l
 that was interrupted is never taken for a finished one. An entry whose meta is missing or whose
 array files do not match it is deleted and rebuilt. The entry name carries a hash of everything
 that determines its contents (see :func:`entry_key`), so a changed source gets a new entry.
+
+Integrity checks, chosen to stay cheap for a multi-GB cache: every open checks each array file's
+size, its .npy header and a checksum of a sample (64 evenly spaced 64 KiB blocks, the whole file
+when smaller: at most 4 MiB read). That catches truncation, a file swapped or zero-filled in
+whole or in large parts; a single flipped bit in a big file can escape it. A full checksum is
+also written at build time and checked on every open when ``LEANSSL_VERIFY_CACHE=1``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -23,8 +30,9 @@ import numpy as np
 from leanssl.errors import LeansslError
 
 # Bump whenever the decoded pixels or the layout of an entry change (resampling, crop rule, files).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums in meta.json
 META = "meta.json"
+SAMPLE_BLOCKS, BLOCK = 64, 1 << 16  # the sampled checksum reads at most 64 x 64 KiB per file
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -115,6 +123,8 @@ class CacheWriter:
                 "shape": list(arr.shape),
                 "dtype": str(arr.dtype),
                 "bytes": path.stat().st_size,
+                "sample_blake2b": sample_digest(path),
+                "blake2b": full_digest(path),  # about 1 s per GB, small beside decoding it
             }
         self._arrays.clear()
         meta = {**meta, "format_version": FORMAT_VERSION, "arrays": described, "complete": True}
@@ -127,42 +137,90 @@ class CacheWriter:
         return meta
 
 
-def load_entry(directory: Path) -> tuple[dict, dict[str, np.ndarray]] | None:
+def sample_digest(path: Path) -> str:
+    """blake2b of SAMPLE_BLOCKS evenly spaced blocks of the file (of the whole file when it is smaller)."""
+    size = os.path.getsize(path)
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        if size <= SAMPLE_BLOCKS * BLOCK:
+            h.update(f.read())
+        else:
+            for k in range(SAMPLE_BLOCKS):
+                f.seek((size - BLOCK) * k // (SAMPLE_BLOCKS - 1))
+                h.update(f.read(BLOCK))
+    return h.hexdigest()
+
+
+def full_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Unusable(Exception):
+    """Why a cache entry cannot be used; an empty reason means there simply is none."""
+
+
+def load_entry(directory: Path, verify_all: bool = False) -> tuple[dict, dict[str, np.ndarray]] | None:
     """Open a finished entry: image arrays read-only memory-mapped, labels in memory.
 
     Returns None when the entry is missing, unfinished, from another format version, or its
-    files do not match meta.json.
+    files do not match meta.json (sizes, headers, sampled checksums; full checksums if ``verify_all``).
     """
     try:
-        with open(directory / META) as f:
-            meta = json.load(f)
-        if meta.get("complete") is not True or meta.get("format_version") != FORMAT_VERSION:
-            return None
-        arrays = {}
-        for name, info in meta["arrays"].items():
-            path = directory / f"{name}.npy"
-            if path.stat().st_size != info["bytes"]:
-                return None
-            arr = np.load(path, mmap_mode="r") if info["dtype"] == "uint8" else np.load(path)
-            if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
-                return None
-            arrays[name] = arr
-        return meta, arrays
-    except (OSError, ValueError, KeyError, TypeError):
+        return _open_entry(directory, verify_all)
+    except _Unusable:
         return None
 
 
+def _open_entry(directory: Path, verify_all: bool) -> tuple[dict, dict[str, np.ndarray]]:
+    try:
+        with open(directory / META) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise _Unusable("is unfinished (no meta.json)" if directory.exists() else "") from None
+    except (OSError, ValueError) as e:
+        raise _Unusable(f"has an unreadable meta.json ({e})") from None
+    if not isinstance(meta, dict) or meta.get("complete") is not True:
+        raise _Unusable("is unfinished")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise _Unusable(f"is in an older format (version {meta.get('format_version')})")
+    try:
+        arrays = {}
+        for name, info in meta["arrays"].items():
+            path = directory / f"{name}.npy"
+            size = path.stat().st_size
+            if size != info["bytes"]:
+                raise _Unusable(f"is damaged: {path.name} has {size} bytes, {info['bytes']} expected")
+            if sample_digest(path) != info["sample_blake2b"] or (verify_all and full_digest(path) != info["blake2b"]):
+                raise _Unusable(f"is damaged: {path.name} does not match its checksum")
+            arr = np.load(path, mmap_mode="r") if info["dtype"] == "uint8" else np.load(path)
+            if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
+                raise _Unusable(f"is damaged: {path.name} holds {arr.dtype} {arr.shape}, not what meta.json says")
+            arrays[name] = arr
+        return meta, arrays
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _Unusable(f"is unreadable ({type(e).__name__}: {e})") from None
+
+
 def load_or_build(
-    root: Path, entry: str, build: Callable[[CacheWriter], dict]
+    root: Path, entry: str, build: Callable[[CacheWriter], dict], verify_all: bool | None = None
 ) -> tuple[dict, dict[str, np.ndarray], Path]:
     """Return (meta, arrays, folder) of cache entry ``root/entry``, building it first if needed.
 
     ``build`` fills a :class:`CacheWriter` and returns the source-specific part of meta.
+    ``verify_all``: check full checksums too (default: when ``$LEANSSL_VERIFY_CACHE`` is 1).
     """
+    if verify_all is None:
+        verify_all = os.environ.get("LEANSSL_VERIFY_CACHE", "") not in ("", "0")
     final = root / entry
-    found = load_entry(final)
-    if found is not None:
-        return (*found, final)
+    try:
+        return (*_open_entry(final, verify_all), final)
+    except _Unusable as e:
+        if str(e):  # there is an entry, but it is not used: say so (nothing silent)
+            print(f"leanssl: cache entry {final} {e}: rebuilding it", file=sys.stderr)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -35,21 +35,29 @@ class DeviceLoader:
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
-    def epoch(self, batch_size: int, epoch_seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, batch_size: int, epoch_seed: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """A seeded random pass that drops the last partial batch (its images differ every epoch).
 
-        The order depends only on `epoch_seed`, so a resumed run sees the same batches.
+        The order depends only on `epoch_seed`, so a resumed run sees the same batches; `start`
+        skips the first batches (a run resumed mid-epoch), without reading them.
         """
         g = torch.Generator().manual_seed(epoch_seed)
         perm = torch.randperm(len(self), generator=g)
-        for i in range(len(self) // batch_size):
+        for i in range(start, len(self) // batch_size):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             yield self.gather(idx), idx.to(self.device)
 
     def ordered(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every image once, in order, the last partial batch included."""
-        for start in range(0, len(self), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(self)))
+        """Every image once, in order, the last partial batch included.
+
+        A last batch of one image joins the one before: BatchNorm in train mode (feature
+        calibration) cannot normalise a batch of one.
+        """
+        starts = list(range(0, len(self), batch_size))
+        if len(starts) > 1 and len(self) - starts[-1] == 1:
+            starts.pop()
+        for start, end in zip(starts, starts[1:] + [len(self)]):
+            idx = torch.arange(start, end)
             yield self.gather(idx), idx.to(self.device)
 
     def steps_per_epoch(self, batch_size: int) -> int:

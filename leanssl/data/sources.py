@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from leanssl.data.cache import CacheWriter, cache_root, entry_key, file_fingerprint, load_or_build
 from leanssl.errors import LeansslError
@@ -43,7 +43,10 @@ from leanssl.errors import LeansslError
 __all__ = ["Split", "Dataset", "open_dataset", "stratified_subset", "per_class_subset"]
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist/"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Formats PIL may lack a plugin for (HEIC, SVG, ...) are listed too: such files are then reported
+# as skipped instead of being silently ignored.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                    ".avif", ".heic", ".heif", ".jp2", ".jxl", ".psd", ".svg")  # fmt: skip
 CHUNK = 512  # images per chunk when copying/resizing arrays into the cache
 STATS_SAMPLE = 10_000  # images used to estimate mean/std
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -286,7 +289,7 @@ def _write_arrays(writer: CacheWriter, res: int, channels: int, classes, progres
 def _bar(total: int, desc: str, progress: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    return tqdm(total=total, desc=desc, unit="img", disable=None if progress else True, leave=False)
 
 
 def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
@@ -441,12 +444,23 @@ def _locate_cifar(kind, path, sub, train_files, test_files, meta_file) -> _Sourc
     return _Source(kind, kind, folder, fp, 32, build)
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a crafted "CIFAR batch" cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (only arrays and plain data are allowed)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: str) -> dict:
-    # The CIFAR python batches are pickles of plain dicts of arrays/lists. Unpickling can run
-    # code, but these are the user's own data files, which they chose to load.
+    # The CIFAR python batches are pickles of plain dicts of arrays/lists; nothing else is unpickled.
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as e:
         raise LeansslError(f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}") from None
 
@@ -661,15 +675,19 @@ def _locate_folder(path: str) -> _Source:
     train_dir = os.path.join(path, "train")
     test_dirs = [os.path.join(path, d) for d in ("test", "val")]
     test_dir = next((d for d in test_dirs if os.path.isdir(d)), None)
+    unreadable: list[tuple[str, str]] = []  # folders os.walk could not list: reported, not silently missing
     if os.path.isdir(train_dir) and test_dir:
-        train, test = _scan(train_dir), _scan(test_dir)
+        train, test = _scan(train_dir, unreadable), _scan(test_dir, unreadable)
         unlabeled_dir = os.path.join(path, "unlabeled")
-        extra = _scan(unlabeled_dir) if os.path.isdir(unlabeled_dir) else []
+        extra = _scan(unlabeled_dir, unreadable) if os.path.isdir(unlabeled_dir) else []
     else:
-        train, test, extra = _scan(path), [], []
+        train, test, extra = _scan(path, unreadable), [], []
     if not train and not extra:
         exts = ", ".join(IMAGE_EXTENSIONS)
-        raise LeansslError(f"no images found in {path} (looked for {exts}, in any subfolder)")
+        also = ""
+        if unreadable:
+            also = f"; {len(unreadable)} folder(s) could not be read, first {unreadable[0][0]}: {unreadable[0][1]}"
+        raise LeansslError(f"no images found in {path} (looked for {exts}, in any subfolder{also})")
 
     train_labels = _folder_labels(train, min_classes=2)
     test_labels = _folder_labels(test, min_classes=1) if train_labels is not None else None
@@ -688,16 +706,23 @@ def _locate_folder(path: str) -> _Source:
             yt = np.array([index[c] for c in test_labels], dtype=np.int64)
         plan = {"train": train, "train_y": y, "extra": extra,
                 "test": test, "test_y": yt, "classes": classes}  # fmt: skip
+    plan["unreadable"] = unreadable
     fp = [[os.path.relpath(p, path), size, mtime] for p, _, size, mtime in
           sorted(plan["train"] + plan["extra"] + plan["test"])]  # fmt: skip
     fp.append(["labels", plan["classes"]])
+    fp.append(["unreadable", [os.path.relpath(d, path) for d, _ in unreadable]])  # readable again: rebuild
     return _Source("folder", name, path, fp, 64, partial(_build_folder, path, plan))
 
 
-def _scan(root: str) -> list[tuple[str, str, int, int]]:
-    """Sorted (absolute path, path relative to root, size, mtime_ns) of the images below root."""
+def _scan(root: str, unreadable: list) -> list[tuple[str, str, int, int]]:
+    """Sorted (absolute path, path relative to root, size, mtime_ns) of the images below root.
+    Folders that cannot be listed are appended to ``unreadable`` as (path, reason)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def on_error(e: OSError) -> None:
+        unreadable.append((e.filename, f"unreadable folder: {e.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in filenames:
             if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
@@ -725,7 +750,9 @@ def _folder_labels(files: list, min_classes: int) -> list[str] | None:
 def _build_folder(
     path: str, plan: dict, writer: CacheWriter, res: int, strict: bool, progress: bool
 ) -> dict:
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(plan["unreadable"])
+    if strict and skipped:
+        raise LeansslError(f"cannot read folder {skipped[0][0]}: {skipped[0][1]}")
     files = [f[0] for f in plan["train"] + plan["extra"]]
     n_train_files = len(plan["train"])
     with _bar(len(files) + len(plan["test"]), f"decoding {os.path.basename(path)}", progress) as bar:
@@ -799,6 +826,9 @@ def _decode_image(path: str, res: int) -> np.ndarray:
     try:
         if os.path.getsize(path) == 0:
             raise _BadImage("empty file")
+        # Pillow's decompression-bomb guard is kept as the size limit, deliberately: above
+        # Image.MAX_IMAGE_PIXELS (89 MP) it warns and decodes, above twice that it raises and the
+        # file is skipped. A 10000x10000 photo decodes; a JPEG is decoded at a reduced scale (draft).
         with Image.open(path) as im:
             im.draft("RGB", (res, res))  # JPEG: let libjpeg decode at a reduced scale (>= res)
             if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation (camera photos)
@@ -812,7 +842,9 @@ def _decode_image(path: str, res: int) -> np.ndarray:
             return np.asarray(im, dtype=np.uint8)
     except _BadImage:
         raise
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+    except UnidentifiedImageError:
+        raise _BadImage("unsupported format or not an image (PIL cannot identify it)") from None
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError, ...)
         msg = " ".join(str(e).split()) or "unreadable"
         raise _BadImage(f"{type(e).__name__}: {msg}") from None
 

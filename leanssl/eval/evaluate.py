@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from ..data.sources import open_dataset, per_class_subset, stratified_subset
 from ..errors import LeansslError
 from ..models.backbones import build_backbone
-from ..train import load_run_config, resolve_device
+from ..train import load_checkpoint, load_run_config, resolve_device
 from .features import extract_features, pixel_features
 from .knn import KNN_K, KNN_T, knn_top1
 from .linear import linear_probe
@@ -27,12 +27,24 @@ def load_backbone(run_dir: Path):
     backbone = build_backbone(cfg.backbone, info["channels"], info["resolution"])
     final, ckpt = run_dir / "backbone.safetensors", run_dir / "checkpoint.pt"
     if final.is_file():
-        backbone.load_state_dict(load_file(str(final)))
+        try:
+            weights, source = load_file(str(final)), final
+        except Exception as e:  # safetensors holds tensors only; a damaged header is all that can go wrong
+            raise LeansslError(f"cannot load {final}: damaged or not a safetensors file ({e})") from None
     elif ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
-        backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+        state = load_checkpoint(ckpt)["model"]
+        weights, source = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, ckpt
     else:
         raise LeansslError(f"{run_dir} has no trained weights yet (no backbone.safetensors or checkpoint.pt)")
+    misfit = f"the weights in {source} do not fit backbone {cfg.backbone}"
+    try:
+        missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes of another architecture
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), type(e).__name__)
+        raise LeansslError(f"{misfit}: {detail}") from None
+    if missing or unexpected:
+        raise LeansslError(f"{misfit}: {len(missing)} missing tensor(s) (e.g. {', '.join(missing[:2]) or '-'}), "
+                           f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'})")
     return backbone, cfg, info
 
 
