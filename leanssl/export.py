@@ -1,0 +1,218 @@
+"""Export a run's backbone alone (no projector, bank or optimizer state) and load it back.
+
+Formats, each with a metadata file beside it (architecture, input size, normalisation, channels,
+method, data, epoch, leanssl version and the one line that loads it):
+
+    safetensors   PATH.safetensors + PATH.safetensors.json; timm models load with
+                  timm.create_model(name, pretrained=True, num_classes=0, in_chans=C,
+                  pretrained_cfg_overlay=dict(file=PATH)), the others with leanssl.load_backbone(PATH)
+    timm          a folder (config.json, model.safetensors, leanssl.json) for
+                  timm.create_model("local-dir:PATH", pretrained=True); timm architectures only
+    torchscript   PATH.pt + PATH.pt.json for torch.jit.load(PATH)
+    onnx          PATH.onnx + PATH.onnx.json, batch axis dynamic, checked against PyTorch with onnxruntime
+
+Every format takes the same input: float (B, C, R, R), already normalised as (x/255 - mean)/std.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import LeansslError
+
+FORMATS = ("safetensors", "timm", "torchscript", "onnx")
+META_KEY = "leanssl"  # key of the metadata inside a safetensors header
+TIMM_META = "leanssl.json"  # metadata file inside an exported timm folder
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("leanssl")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def run_metadata(run_dir) -> dict:
+    """What a user of the run's backbone needs to know, read from the run folder (no weights loaded)."""
+    from .train import load_checkpoint, load_run_config
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    info = json.loads((run_dir / "data.json").read_text())
+    final = (run_dir / "backbone.safetensors").is_file()
+    epoch = cfg.epochs
+    if not final:  # load_backbone falls back to the last checkpoint: report its epoch
+        ckpt = run_dir / "checkpoint.pt"
+        epoch = load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
+    c, r = info["channels"], info["resolution"]
+    return {"architecture": cfg.backbone, "input_size": [c, r, r], "channels": c, "resolution": r,
+            "mean": list(info["mean"]), "std": list(info["std"]),
+            "input": "float (B, C, R, R), normalised as (x / 255 - mean) / std",
+            "method": cfg.method, "data": cfg.data, "epoch": epoch, "epochs": cfg.epochs, "complete": final,
+            "leanssl_version": _version()}
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "data.json").is_file()
+
+
+def read_metadata(path) -> dict:
+    """Metadata of a run folder, an exported timm folder or an exported file."""
+    path = Path(path)
+    if _is_run(path):
+        return run_metadata(path)
+    if (path / TIMM_META).is_file():
+        return json.loads((path / TIMM_META).read_text())
+    side = path.with_name(path.name + ".json")
+    if side.is_file():
+        return json.loads(side.read_text())
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+        if META_KEY in header:
+            return json.loads(header[META_KEY])
+    if not path.exists():
+        raise LeansslError(f"no such run folder or exported backbone: {path}")
+    raise LeansslError(f"{path}: no leanssl metadata found "
+                       f"(expected a run folder, an exported folder, or {side.name} beside the file)")
+
+
+def load_backbone(path, device="cpu") -> nn.Module:
+    """A trained backbone in eval mode from a run folder, an exported .safetensors file or timm folder.
+
+    It maps normalised (B, C, R, R) images to (B, D) features; `read_metadata(path)` gives C, R,
+    mean and std.
+    """
+    from safetensors.torch import load_file
+
+    from .eval.evaluate import load_backbone as load_run_backbone
+    from .models.backbones import build_backbone
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if _is_run(path):
+        model = load_run_backbone(path)[0]
+    else:
+        weights = path / "model.safetensors" if path.is_dir() else path
+        if weights.suffix != ".safetensors":
+            hint = {"torchscript": "torch.jit.load", "onnx": "onnxruntime.InferenceSession"}.get(meta.get("format"), "")
+            raise LeansslError(f"{path}: load_backbone reads run folders and safetensors/timm exports"
+                               + (f"; load this {meta['format']} export with {hint}" if hint else ""))
+        model = build_backbone(meta["architecture"], meta["channels"], meta["resolution"])
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except Exception as e:  # a damaged file, or weights of another architecture than the metadata says
+            raise LeansslError(f"cannot load {weights} as {meta['architecture']}: {str(e).strip().splitlines()[-1]}") from None
+    return model.to(device).eval()
+
+
+def _takes_img_size(model: nn.Module) -> bool:
+    """ViT-like timm models are built for one input size (build_backbone passes it to those that take it)."""
+    return "img_size" in inspect.signature(type(model).__init__).parameters
+
+
+def _timm_line(arch: str, model: nn.Module, meta: dict, file: str) -> str:
+    size = f"img_size={meta['resolution']}, " if _takes_img_size(model) else ""
+    return (f'timm.create_model("{arch}", pretrained=True, num_classes=0, in_chans={meta["channels"]}, {size}'
+            f'pretrained_cfg_overlay=dict(file="{file}"))')
+
+
+def _check_outputs(reference: torch.Tensor, got: torch.Tensor, what: str) -> float:
+    """Max absolute difference, or an error when an exported model disagrees with PyTorch."""
+    diff = (reference - got).abs().max().item()
+    if diff > 1e-4 * max(1.0, reference.abs().max().item()):
+        raise LeansslError(f"the {what} export disagrees with the PyTorch backbone (max abs diff {diff:.3g})")
+    return diff
+
+
+def _example(meta: dict, batch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *meta["input_size"], generator=g)
+
+
+def _export_onnx(model: nn.Module, meta: dict, out: Path) -> float:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise LeansslError("--format onnx needs onnx, onnxscript and onnxruntime: pip install 'leanssl[export]'") from None
+    x = _example(meta, 2)
+    batch = torch.export.Dim("batch", min=1)
+    try:  # one self-contained file (no external .data) and no progress chatter
+        torch.onnx.export(model, (x,), str(out), input_names=["images"], output_names=["features"],
+                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    except ImportError as e:
+        raise LeansslError(f"--format onnx: {e} (pip install 'leanssl[export]')") from None
+    # Verify at another batch size than the one traced: the batch axis must really be dynamic.
+    x3 = _example(meta, 3)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(sess.run(None, {"images": x3.numpy()})[0])
+    with torch.no_grad():
+        return _check_outputs(model(x3), got, "ONNX")
+
+
+def _export_torchscript(model: nn.Module, meta: dict, out: Path) -> float:
+    import warnings
+
+    with warnings.catch_warnings():  # PyTorch deprecates TorchScript; users asking for it know
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, _example(meta, 2))
+        traced.save(str(out))
+        loaded = torch.jit.load(str(out))
+    x3 = _example(meta, 3)
+    with torch.no_grad():
+        return _check_outputs(model(x3), loaded(x3), "TorchScript")
+
+
+def export_backbone(run_dir, fmt: str, out) -> Path:
+    """Write the run's backbone in `fmt` to `out` with its metadata; returns the metadata file's path."""
+    import timm
+    from safetensors.torch import save_file
+
+    if fmt not in FORMATS:
+        raise LeansslError(f"unknown export format '{fmt}': choose from {', '.join(FORMATS)}")
+    meta = run_metadata(run_dir)
+    arch = meta["architecture"]
+    if fmt == "timm" and not timm.is_model(arch):
+        raise LeansslError(f"--format timm needs a timm architecture, and '{arch}' is leanssl's own: "
+                           "export --format safetensors and load it with leanssl.load_backbone(path)")
+    model = load_backbone(run_dir)
+    meta["feature_dim"] = int(model.out_dim)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    meta.update(format=fmt, source_run=str(Path(run_dir).resolve()), exported=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    if fmt == "timm":
+        out.mkdir(exist_ok=True)
+        meta["load"] = f'timm.create_model("local-dir:{out}", pretrained=True)'
+        c, r = meta["input_size"][0], meta["resolution"]
+        config = {"architecture": arch, "num_classes": 0, "num_features": meta["feature_dim"],
+                  "model_args": {"in_chans": c, **({"img_size": r} if _takes_img_size(model) else {})},
+                  "pretrained_cfg": {"input_size": [c, r, r], "mean": meta["mean"], "std": meta["std"],
+                                     "num_classes": 0, "crop_pct": 1.0}}
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(state, str(out / "model.safetensors"))
+        meta_path = out / TIMM_META
+    else:
+        if fmt == "safetensors":
+            meta["load"] = _timm_line(arch, model, meta, str(out)) if timm.is_model(arch) else f'leanssl.load_backbone("{out}")'
+            save_file(state, str(out), metadata={META_KEY: json.dumps(meta)})
+        elif fmt == "torchscript":
+            meta["load"] = f'torch.jit.load("{out}")'
+            meta["max_abs_diff_vs_pytorch"] = _export_torchscript(model, meta, out)
+        else:
+            meta["load"] = f'onnxruntime.InferenceSession("{out}")  # input "images", output "features"'
+            meta["max_abs_diff_vs_pytorch"] = _export_onnx(model, meta, out)
+        meta_path = out.with_name(out.name + ".json")
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta_path
