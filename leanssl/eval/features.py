@@ -34,7 +34,7 @@ def extract_features(backbone: nn.Module, x: np.ndarray, mean, std, channels: in
     backbone.eval()
     out = []
     try:
-        for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False, unit="batch"):
+        for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=None if progress else True, leave=False, unit="batch"):
             xb = torch.from_numpy(np.array(x[start:start + batch_size])).to(device)
             out.append(backbone(to_model_input(xb, mean, std, channels, size)).float().cpu())
     finally:

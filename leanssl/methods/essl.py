@@ -79,7 +79,7 @@ class ESSL(Method):
         self.cfg = cfg = cfg or self.Config()
         if cfg.bank_update not in ("grad", "ema"):
             raise LeansslError(f"unknown bank update '{cfg.bank_update}': use grad or ema")
-        width = backbone.num_features
+        width = backbone.out_dim
         hidden = cfg.proj_hidden or (2048 if width >= 512 else 4 * width)
         self.head = mlp(width, hidden, cfg.dim)
         self.bank = MemoryBank(data.num_images, cfg.dim)

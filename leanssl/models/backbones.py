@@ -1,7 +1,8 @@
 """Backbones: any timm model by name, a CIFAR-stem ResNet for small images, and a small CPU net.
 
 Every backbone is built without a classifier (`num_classes=0`), maps (B, C, H, W) to (B, D)
-features and exposes `num_features`. Its state dict is the plain timm/torch one, so exported
+features and exposes `out_dim` = D (measured, since timm's `num_features` is the width before
+the head for some models, e.g. MobileNetV3's conv_head). Its state dict is the plain timm/torch one, so exported
 weights load with `timm.create_model(name, num_classes=0)` (CIFAR variants: see `cifar_stem`).
 """
 
@@ -34,7 +35,7 @@ class SmallCNN(nn.Module):
             c = w
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = c
+        self.num_features = self.out_dim = c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
@@ -73,12 +74,17 @@ def check_backbone_name(name: str) -> None:
 
 
 def build_backbone(name: str, in_chans: int, img_size: int) -> nn.Module:
-    """Build a randomly initialised backbone; `model.num_features` is its output width."""
+    """Build a randomly initialised backbone; `model.out_dim` is its output width."""
     check_backbone_name(name)
     if name in _LOCAL:
-        return _LOCAL[name](in_chans, img_size)
-    kwargs = dict(pretrained=False, num_classes=0, in_chans=in_chans)
-    try:  # ViTs and other fixed-size models need the input size; convnets reject the argument
-        return timm.create_model(name, img_size=img_size, **kwargs)
-    except TypeError:
-        return timm.create_model(name, **kwargs)
+        model = _LOCAL[name](in_chans, img_size)
+    else:
+        kwargs = dict(pretrained=False, num_classes=0, in_chans=in_chans)
+        try:  # ViTs and other fixed-size models need the input size; convnets reject the argument
+            model = timm.create_model(name, img_size=img_size, **kwargs)
+        except TypeError:
+            model = timm.create_model(name, **kwargs)
+    model.eval()
+    with torch.no_grad():
+        model.out_dim = model(torch.zeros(1, in_chans, img_size, img_size)).shape[1]
+    return model.train()
