@@ -67,7 +67,7 @@ def run_row(name: str, flags: list[str], a: argparse.Namespace, run_dir: Path) -
                              "--device", a.device, *extra, *common], check=True, capture_output=True, text=True)
         evals[key] = json.loads(ev.stdout.strip().splitlines()[-1])
     return {"name": name, "flags": flags, "train": summary, "eval": evals, "loadavg": [load_before, load_after],
-            "best_epoch_images_per_s": best_epoch_rate(run_dir)}
+            "commit": git_commit(), "best_epoch_images_per_s": best_epoch_rate(run_dir)}
 
 
 def best_epoch_rate(run_dir: Path) -> float:
@@ -107,7 +107,8 @@ def main() -> None:
     lines = [f"Ablation `{tag}`: {a.data}, backbone {a.backbone}, {a.epochs} epochs, batch {a.batch_size}, "
              f"fraction {a.fraction:g}, seed {a.seed}.",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-             f"{time.strftime('%Y-%m-%d')}; commit {git_commit()}.",
+             f"{time.strftime('%Y-%m-%d')}; rows trained at commit(s) "
+             f"{', '.join(sorted({r.get('commit', '?') for r in results.values()}))}, table printed at {git_commit()}.",
              f"Command: `python benchmarks/ablation.py --data {a.data} --backbone {a.backbone} --epochs {a.epochs} "
              f"--batch-size {a.batch_size} --fraction {a.fraction:g}`", ""]
     sub = a.fraction < 1
