@@ -28,7 +28,8 @@ _METHOD_FLAGS = {
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data SPEC: digits, fashion-mnist[:PATH], mnist:PATH, cifar10:PATH, "
                    "cifar100:PATH, stl10:PATH, folder:PATH (or a bare folder), npz:PATH")
-    p.add_argument("--method", default="essl", help="essl (default) or npid")
+    p.add_argument("--method", default="essl",
+                   help="essl (default), npid, simclr, mocov2, byol, simsiam, swav, barlow, dino or twist")
     p.add_argument("--backbone", default="small_cnn", help="small_cnn, resnet18_cifar, resnet50_cifar or any timm model name")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=256)
@@ -57,6 +58,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="feature-calibrated bank initialisation (essl default on, npid off)")
     p.add_argument("--kl-to-bank", action=argparse.BooleanOptionalAction, default=None,
                    help="let SqrtKL's gradient reach the bank in the grad rule")
+    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a field of the method's config, e.g. local_crops=2 or global_scale=0.2,1 "
+                        "(repeatable; the fields and their defaults are in leanssl/methods/<method>.py)")
 
 
 def _train_config(a: argparse.Namespace):
@@ -64,6 +68,7 @@ def _train_config(a: argparse.Namespace):
 
     method_args = {field: getattr(a, flag[2:].replace("-", "_")) for flag, (field, _, _) in _METHOD_FLAGS.items()}
     method_args.update(calibrate=a.calibrate, kl_to_bank=a.kl_to_bank)
+    method_args.update(_method_arg_values(a.method, a.method_arg))
     data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
     return TrainConfig(
         data=a.data, method=a.method, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
@@ -73,6 +78,29 @@ def _train_config(a: argparse.Namespace):
         method_args={k: v for k, v in method_args.items() if v is not None},
         strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,
         checkpoint_every=a.checkpoint_every)
+
+
+def _method_arg_values(method: str, items: list[str]) -> dict:
+    """--method-arg KEY=VALUE pairs as config values (Python literals; anything else is a string)."""
+    if not items:
+        return {}
+    import ast
+    from dataclasses import fields
+
+    from .methods import get_method
+
+    known = {f.name for f in fields(get_method(method).Config)}
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise LeansslError(f"--method-arg {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        try:
+            values[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            values[key] = text.strip()
+    return values
 
 
 def _report_skips(summary: dict, out: str) -> None:
@@ -102,18 +130,39 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_settings(a: argparse.Namespace):
+    """The protocol settings: EvalSettings' defaults, with what the command line gave."""
+    from dataclasses import replace
+
+    from .eval.evaluate import EvalSettings
+
+    def given(**kw) -> dict:
+        return {k: v for k, v in kw.items() if v is not None}
+
+    s = EvalSettings()
+    shots = None
+    if a.fewshot_shots is not None:
+        try:
+            shots = tuple(int(k) for k in a.fewshot_shots.split(","))
+        except ValueError:
+            raise LeansslError(f"--fewshot-shots wants comma-separated integers, got {a.fewshot_shots!r}") from None
+    return replace(s, **given(knn_k=a.knn_k, knn_t=a.knn_t, linear_solver=a.linear_solver),
+                   finetune=replace(s.finetune, **given(epochs=a.finetune_epochs)),
+                   fewshot=replace(s.fewshot, **given(ways=a.fewshot_ways, shots=shots, episodes=a.fewshot_episodes)))
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from .eval.evaluate import evaluate, parse_protocols
+    from .eval.report import format_report
 
     res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
-                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json)
+                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a))
     if a.json:
         print(json.dumps(res))
         return
-    for k, v in res.items():
-        if k.endswith("top1"):
-            print(f"{k:>14}: {100 * v:.2f}%")
-    print(f"({res['train_images']} train / {res['test_images']} test images, kNN k={res['knn_k']} T={res['knn_t']})")
+    print(format_report(res))
+    if "report" in res:
+        print(f"(written to {res['report']})")
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -139,12 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run's backbone on a labelled source")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="data SPEC with labels (may differ from the pretraining data: transfer)")
-    p.add_argument("--protocol", default="knn,linear", help="comma-separated: knn, linear")
+    p.add_argument("--protocol", default="knn,linear",
+                   help="comma-separated: knn, linear, finetune, fewshot, lowlabel (default knn,linear)")
     p.add_argument("--labels-per-class", type=int, default=None, help="use only K labelled training images per class")
     p.add_argument("--fraction", type=float, default=None,
                    help="use only this seeded, class-stratified fraction of the labelled training images (as train --fraction)")
-    p.add_argument("--baselines", action="store_true", help="also evaluate a random backbone and raw pixels")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate a random backbone of the same architecture and raw pixels (default on)")
+    p.add_argument("--knn-k", type=int, default=None, help="kNN neighbours (default 200; k=20 is always reported too)")
+    p.add_argument("--knn-t", type=float, default=None, help="kNN temperature (default 0.1)")
+    p.add_argument("--linear-solver", choices=("auto", "lbfgs", "sgd"), default=None,
+                   help="linear probe: full-batch L-BFGS, or minibatch SGD for large feature sets (default auto)")
+    p.add_argument("--finetune-epochs", type=float, default=None, help="fine-tuning schedule (default 3, at least 200 steps)")
+    p.add_argument("--fewshot-ways", type=int, default=None, help="N of N-way episodes (default 5)")
+    p.add_argument("--fewshot-shots", default=None, help="comma-separated K of K-shot episodes (default 1,5,20)")
+    p.add_argument("--fewshot-episodes", type=int, default=None, help="episodes per setting (default 600)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the markdown report is still written)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None)

@@ -370,6 +370,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr
             saved_stats = [b.clone() for b in norm_stats] if cfg.on_nan == "skip" else None
+            method.set_progress(step, total_steps, steps_per_epoch)
             with autocast:
                 loss, logs = method.training_step(xb, idx, gen, rng)
             opt.zero_grad(set_to_none=True)

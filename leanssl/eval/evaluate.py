@@ -1,10 +1,22 @@
-"""Evaluate a run's backbone (and its floors: a random backbone, raw pixels) on a labelled source."""
+"""Evaluate a run's backbone (and its floors: a random backbone, raw pixels) on a labelled source.
+
+Protocols (`evaluate(..., protocols=...)`, `leanssl eval --protocol`):
+- knn: weighted kNN on frozen features (k=200, T=0.1; also k=20);
+- linear: the Ericsson et al. linear probe (C chosen on a validation split of train, refit);
+- finetune: full fine-tuning, without and with the linear-probe warm-up;
+- fewshot: N-way K-shot episodes, nearest-centroid and logistic, mean and worst cases;
+- lowlabel: the linear probe and fine-tuning on 1% and 10% of the labels (class-balanced, seeded).
+Features are extracted once per feature set and shared by every protocol.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -13,10 +25,34 @@ from ..errors import LeansslError
 from ..models.backbones import build_backbone
 from ..train import load_checkpoint, load_run_config, resolve_device
 from .features import extract_features, pixel_features
+from .fewshot import FewShotConfig, fewshot_eval
+from .finetune import FinetuneConfig, finetune
 from .knn import KNN_K, KNN_T, knn_top1
-from .linear import linear_probe
+from .linear import C_GRID, SOLVERS, linear_probe
+from .report import report_path, write_report
 
-PROTOCOLS = ("knn", "linear")
+PROTOCOLS = ("knn", "linear", "finetune", "fewshot", "lowlabel")
+DEFAULT_PROTOCOLS = ("knn", "linear")
+
+
+@dataclass
+class EvalSettings:
+    """Every protocol setting; printed beside the numbers in the report and returned under "settings"."""
+
+    knn_k: int = KNN_K
+    knn_t: float = KNN_T
+    linear_cs: tuple[float, ...] = C_GRID
+    linear_solver: str = "auto"
+    val_fraction: float = 0.2  # of the labelled training images, to choose C on
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    lowlabel_fractions: tuple[float, ...] = (0.01, 0.1)
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        cs = out.pop("linear_cs")
+        out["linear_C"] = {"values": len(cs), "min": min(cs), "max": max(cs)}
+        return out
 
 
 def load_backbone(run_dir: Path):
@@ -56,15 +92,40 @@ def parse_protocols(text: str) -> list[str]:
     return names
 
 
-def evaluate(run_dir, data: str, protocols=PROTOCOLS, labels_per_class: int | None = None, fraction: float | None = None,
-             baselines: bool = False,
-             device: str = "auto", seed: int = 0, cache_dir=None, progress: bool = True, backbone=None, info=None,
-             run_cfg=None) -> dict:
+def _check_settings(s: EvalSettings) -> None:
+    problems = [msg for bad, msg in [
+        (s.knn_k < 1, f"kNN k must be at least 1, got {s.knn_k}"),
+        (not s.knn_t > 0, f"kNN temperature must be positive, got {s.knn_t}"),
+        (s.linear_solver not in SOLVERS, f"unknown linear solver '{s.linear_solver}': choose from {', '.join(SOLVERS)}"),
+        (not s.linear_cs or min(s.linear_cs) <= 0, "linear-probe C values must be positive"),
+        (s.finetune.epochs < 0, f"fine-tune epochs must be at least 0, got {s.finetune.epochs}"),
+        (s.fewshot.ways < 2, f"few-shot ways must be at least 2, got {s.fewshot.ways}"),
+        (s.fewshot.episodes < 1, f"few-shot episodes must be at least 1, got {s.fewshot.episodes}"),
+        (not s.fewshot.shots or min(s.fewshot.shots) < 1, "few-shot shots must be at least 1"),
+        (any(not 0 < f <= 1 for f in s.lowlabel_fractions), "low-label fractions must be in (0, 1]"),
+    ] if bad]
+    if problems:
+        raise LeansslError("; ".join(problems))
+
+
+def _probe_fields(p: dict) -> dict:
+    return {"linear_top1": p["top1"], "linear_C": p["C"], "linear_weight_decay": p["weight_decay"],
+            "linear_val_top1": p["val_top1"], "linear_solver": p["solver"]}
+
+
+def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: int | None = None,
+             fraction: float | None = None, baselines: bool = True, device: str = "auto", seed: int = 0,
+             cache_dir=None, progress: bool = True, backbone=None, info=None, run_cfg=None,
+             settings: EvalSettings | None = None, report: bool = True) -> dict:
     """Top-1 accuracies (fractions) of each protocol on `data`'s test split.
 
     `baselines=True` adds the same protocols on a randomly initialised backbone of the same
-    architecture and on raw pixels, under "baselines".
+    architecture and on raw pixels (no fine-tuning there), under "baselines". `report=True` writes
+    the markdown report `eval-<data>.md` into `run_dir` (its path is returned under "report").
     """
+    settings = settings or EvalSettings()
+    _check_settings(settings)
+    protocols = list(protocols)
     dev = resolve_device(device)
     if backbone is None:
         backbone, run_cfg, info = load_backbone(run_dir)
@@ -81,18 +142,46 @@ def evaluate(run_dir, data: str, protocols=PROTOCOLS, labels_per_class: int | No
             raise LeansslError("use either --labels-per-class or --fraction, not both")
         tr_idx = per_class_subset(ds.train.y, labels_per_class, seed)
     xtr = ds.train.x if tr_idx is None else ds.train.x[tr_idx]
-    ytr = torch.from_numpy(ds.train.y if tr_idx is None else ds.train.y[tr_idx]).long()
-    yte = torch.from_numpy(ds.test.y).long()
+    ytr_np = np.asarray(ds.train.y if tr_idx is None else ds.train.y[tr_idx], dtype=np.int64)
+    ytr, yte = torch.from_numpy(ytr_np).to(dev), torch.from_numpy(np.asarray(ds.test.y, dtype=np.int64)).to(dev)
     num_classes = int(max(ytr.max(), yte.max())) + 1
+    probe_args = dict(seed=seed, cs=settings.linear_cs, val_fraction=settings.val_fraction, solver=settings.linear_solver)
 
-    def score(ftr, fte) -> dict:
+    def fine_tunes(net, head, idx, tag: str) -> dict:
+        x, y = (xtr, ytr_np) if idx is None else (xtr[idx], ytr_np[idx])
+        out = {}
+        for key, start in (("finetune", None), ("finetune_warmup", head)):
+            r = finetune(net, start, x, y, ds.test.x, ds.test.y, num_classes, info, dev, settings.finetune, seed,
+                         progress, desc=f"{tag} {key}")
+            out[f"{key}_top1"] = r["top1"]
+        out["finetune_steps"], out["finetune_batch_size"] = r["steps"], r["batch_size"]
+        return out
+
+    def score(net, ftr, fte, tag: str) -> dict:
+        """Every requested protocol on one feature set; `net` (None for raw pixels) is what fine-tuning trains."""
+        ftr, fte = ftr.to(dev), fte.to(dev)
         res = {}
         if "knn" in protocols:
-            res["knn_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, KNN_K, KNN_T)
-            res["knn20_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, 20, KNN_T)
-        if "linear" in protocols:
-            lp = linear_probe(ftr, ytr, fte, yte, num_classes, seed=seed)
-            res["linear_top1"], res["linear_weight_decay"] = lp["top1"], lp["weight_decay"]
+            res["knn_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, settings.knn_k, settings.knn_t)
+            res["knn20_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, 20, settings.knn_t)
+        finetuning = "finetune" in protocols and net is not None
+        if "linear" in protocols or finetuning:  # fine-tuning's warm-up starts from the probe
+            probe = linear_probe(ftr, ytr, fte, yte, num_classes, **probe_args)
+            res.update(_probe_fields(probe))
+        if finetuning:
+            res.update(fine_tunes(net, probe["head"], None, tag))
+        if "fewshot" in protocols:
+            res["fewshot"] = fewshot_eval(ftr, ytr, fte, yte, settings.fewshot)
+        if "lowlabel" in protocols:
+            res["lowlabel"] = {}
+            for frac in settings.lowlabel_fractions:
+                idx = stratified_subset(ytr_np, len(ytr_np), frac, seed)
+                t = torch.from_numpy(idx).to(dev)
+                probe = linear_probe(ftr[t], ytr[t], fte, yte, num_classes, **probe_args)
+                entry = {"fraction": frac, "labels": len(idx), **_probe_fields(probe)}
+                if net is not None:
+                    entry.update(fine_tunes(net, probe["head"], idx, f"{tag} {100 * frac:g}%"))
+                res["lowlabel"][f"{100 * frac:g}%"] = entry
         return res
 
     def backbone_features(net, tag):
@@ -102,14 +191,23 @@ def evaluate(run_dir, data: str, protocols=PROTOCOLS, labels_per_class: int | No
                 extract_features(net, ds.test.x, *args, progress=progress, desc=f"{tag} features (test)"))
 
     result = {"data": data, "pretrain_data": run_cfg.data, "transfer": data != run_cfg.data,
-              "backbone": run_cfg.backbone, "method": run_cfg.method,
+              "backbone": run_cfg.backbone, "method": run_cfg.method, "run": str(run_dir) if run_dir else None,
               "train_images": len(xtr), "test_images": len(ds.test.x), "labels_per_class": labels_per_class,
-              "label_fraction": fraction,
-              "knn_k": KNN_K, "knn_t": KNN_T, "protocols": list(protocols)}
-    result.update(score(*backbone_features(backbone, "ssl")))
+              "label_fraction": fraction, "num_classes": num_classes,
+              "resolution": info["resolution"], "data_channels": ds.channels, "model_channels": info["channels"],
+              "knn_k": settings.knn_k, "knn_t": settings.knn_t, "protocols": protocols, "device": str(dev), "seed": seed,
+              "settings": settings.summary()}
+    result.update(score(backbone, *backbone_features(backbone, "ssl"), "ssl"))
     if baselines:
         torch.manual_seed(seed)
         rand = build_backbone(run_cfg.backbone, info["channels"], info["resolution"])
-        result["baselines"] = {"random_init": score(*backbone_features(rand, "random")),
-                               "raw_pixels": score(*pixel_features(xtr, ds.test.x))}
+        result["baselines"] = {"random_init": score(rand, *backbone_features(rand, "random"), "random"),
+                               "raw_pixels": score(None, *pixel_features(xtr, ds.test.x), "pixels")}
+    if report and run_dir is not None:
+        path = report_path(run_dir, data, labels_per_class, fraction)
+        try:
+            write_report(path, result)
+            result["report"] = str(path)
+        except OSError as e:  # a read-only run folder: the numbers still come back
+            print(f"leanssl: could not write the report {path}: {e.strerror or e}", file=sys.stderr)
     return result

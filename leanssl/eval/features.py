@@ -9,14 +9,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
-def to_model_input(x: torch.Tensor, mean, std, channels: int, size: int) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> normalised float at the model's channel count and resolution.
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Transfer to a source with other channels: grey images are repeated to RGB, RGB is averaged to grey."""
+    if x.shape[1] != channels and channels in (1, 3):
+        x = x.float().mean(1, keepdim=True).expand(-1, channels, -1, -1)
+    return x
 
-    Transfer to a source with other channels: grey images are repeated to RGB, RGB is averaged to grey.
-    """
-    x = x.float() / 255
-    if x.shape[1] != channels:
-        x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1) if channels in (1, 3) else x
+
+def to_model_input(x: torch.Tensor, mean, std, channels: int, size: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> normalised float at the model's channel count and resolution."""
+    x = match_channels(x.float() / 255, channels)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)

@@ -1,33 +1,110 @@
-"""Linear probe on frozen features: L2-regularised multinomial logistic regression fitted by L-BFGS.
+"""Linear probe on frozen features: L2-regularised multinomial logistic regression.
 
-The regularisation strength is chosen on a validation split carved from the training features
-(never the test split), then the probe is refit on all training features.
+The protocol of Ericsson et al., "How well do self-supervised models transfer?" (CVPR 2021), after
+Kornblith et al. (2019): scikit-learn's objective `C · Σ_i CE_i + ½‖W‖²`, with C swept over 45
+log-spaced values (their weight-decay range 1e-6..1e5, C = 1/wd: 1e-5..1e6), chosen on a validation
+split carved from the training split (never the test split), then the probe is refit on the whole
+training split with that C. Features are standardised with training statistics.
+
+Both solvers minimise `mean_i CE_i + wd·‖W‖²` with wd = 1 / (2·C·n), the same objective:
+- `lbfgs`: full-batch L-BFGS, warm-started along the sweep from strong to weak regularisation;
+- `sgd`: minibatch Adam for feature sets too large for full-batch steps (a GPU's job), fitting
+  every C of the sweep at once, in one pass over the data per epoch.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+C_GRID = tuple(float(c) for c in np.logspace(-5, 6, 45))  # Ericsson et al.: 1 / logspace(-6, 5, 45)
+DEFAULT_C = 1.0  # scikit-learn's default, for a training split too small to carve a validation split from
+LBFGS_MAX_ELEMENTS = 1 << 26  # "auto" solver: above this many feature values (N × D), use sgd
+SOLVERS = ("auto", "lbfgs", "sgd")
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 200) -> torch.nn.Linear:
-    """Full-batch L-BFGS on mean cross-entropy + weight_decay * ||W||²."""
-    lin = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
-    torch.nn.init.zeros_(lin.weight)
-    torch.nn.init.zeros_(lin.bias)
-    opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+def weight_decay_for(c: float, n: int) -> float:
+    """`mean CE + wd·‖W‖²` equals scikit-learn's `C·ΣCE + ½‖W‖²` divided by C·n."""
+    return 1.0 / (2.0 * c * n)
+
+
+def fit_logistic_batched(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 200,
+                         init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """E independent problems at once: x (E, n, D), y (E, n) -> weights (E, K, D), biases (E, K).
+
+    Full-batch L-BFGS on Σ_e [mean CE_e + weight_decay·‖W_e‖²]; the problems share no parameter,
+    so the sum's minimiser is every problem's own minimiser (few-shot fits 600 episodes in one go).
+    """
+    e, n, d = x.shape
+    w = torch.zeros(e, num_classes, d, device=x.device) if init is None else init[0].detach().clone()
+    b = torch.zeros(e, num_classes, device=x.device) if init is None else init[1].detach().clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+    flat_y = y.reshape(-1)
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(lin(x), y) + weight_decay * lin.weight.pow(2).sum()
+        logits = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        loss = F.cross_entropy(logits.reshape(-1, num_classes), flat_y, reduction="sum") / n + weight_decay * w.pow(2).sum()
         loss.backward()
         return loss
 
-    opt.step(closure)
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def _linear(w: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
+    lin = torch.nn.Linear(w.shape[1], w.shape[0]).to(w.device)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
     return lin
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 200,
+                 init: torch.nn.Linear | None = None) -> torch.nn.Linear:
+    """Full-batch L-BFGS on mean cross-entropy + weight_decay·‖W‖²; `init` warm-starts it."""
+    start = None if init is None else (init.weight[None], init.bias[None])
+    w, b = fit_logistic_batched(x[None], y[None], num_classes, weight_decay, max_iter, start)
+    return _linear(w[0], b[0])
+
+
+def fit_logistic_sgd(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decays, epochs: int = 30,
+                     min_steps: int = 500, batch_size: int = 1024, lr: float = 0.01,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One probe per weight decay, trained together by minibatch Adam (cosine lr): weights (P, K, D), biases (P, K).
+
+    Each probe's loss is its own `mean CE + wd·‖W‖²`, so summing them trains them independently.
+    At least `min_steps` steps: on synthetic data that is where the objective reaches L-BFGS's.
+    """
+    wds = torch.as_tensor(weight_decays, dtype=torch.float32, device=x.device)
+    p, (n, d) = len(wds), x.shape
+    w = torch.zeros(p, num_classes, d, device=x.device, requires_grad=True)
+    b = torch.zeros(p, num_classes, device=x.device, requires_grad=True)
+    batch_size = min(batch_size, n)
+    total = max(epochs * math.ceil(n / batch_size), min_steps)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    g = torch.Generator().manual_seed(seed)
+    perm, pos = torch.randperm(n, generator=g).to(x.device), 0
+    with torch.enable_grad():
+        for _ in range(total):
+            if pos >= n:
+                perm, pos = torch.randperm(n, generator=g).to(x.device), 0
+            idx, pos = perm[pos:pos + batch_size], pos + batch_size
+            logits = torch.einsum("nd,pkd->pnk", x[idx], w) + b[:, None]
+            ce = F.cross_entropy(logits.reshape(-1, num_classes), y[idx].repeat(p), reduction="sum") / len(idx)
+            loss = ce + (wds * w.pow(2).sum((1, 2))).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return w.detach(), b.detach()
 
 
 def _split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,21 +124,50 @@ def _accuracy(lin, x, y) -> float:
     return (lin(x).argmax(1) == y).float().mean().item()
 
 
+def _sweep(x, y, xv, yv, num_classes, cs, solver, seed) -> list[float]:
+    """Validation accuracy of the probe fitted on (x, y) at each C."""
+    if solver == "sgd":
+        w, b = fit_logistic_sgd(x, y, num_classes, [weight_decay_for(c, len(x)) for c in cs], seed=seed)
+        with torch.no_grad():
+            pred = (torch.einsum("nd,pkd->pnk", xv, w) + b[:, None]).argmax(2)
+        return (pred == yv).float().mean(1).tolist()
+    scores, lin = [0.0] * len(cs), None
+    for i in sorted(range(len(cs)), key=cs.__getitem__):  # strong to weak regularisation: each fit warm-starts the next
+        lin = fit_logistic(x, y, num_classes, weight_decay_for(cs[i], len(x)), init=lin)
+        scores[i] = _accuracy(lin, xv, yv)
+    return scores
+
+
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, seed: int = 0, weight_decays=WEIGHT_DECAYS, val_fraction: float = 0.2) -> dict:
-    """Returns {"top1", "weight_decay", "val_top1"}: wd chosen on the validation split, probe refit on all of train."""
+                 num_classes: int, seed: int = 0, cs=C_GRID, val_fraction: float = 0.2, solver: str = "auto") -> dict:
+    """Returns {"top1", "C", "weight_decay", "val_top1", "solver", "head"}.
+
+    C is chosen on the validation split (ties: the smaller C, i.e. the stronger regulariser), the
+    probe refit on all of train. `head` is the refit probe as an nn.Linear on the *unstandardised*
+    features (the fine-tune warm-up starts from it); `weight_decay` is the refit's equivalent wd.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown linear-probe solver {solver!r}: choose from {', '.join(SOLVERS)}")
+    if solver == "auto":
+        solver = "sgd" if train_f.numel() > LBFGS_MAX_ELEMENTS else "lbfgs"
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6  # standardise with training statistics only
     xtr, xte = (train_f - mu) / sd, (test_f - mu) / sd
     tr, va = _split(train_y.cpu().numpy(), val_fraction, seed)
-    val_scores = {}
+    cs = [float(c) for c in cs]
+    val_top1 = None
     if len(va):
-        for wd in weight_decays:
-            with torch.enable_grad():
-                lin = fit_logistic(xtr[tr], train_y[tr], num_classes, wd)
-            val_scores[wd] = _accuracy(lin, xtr[va], train_y[va])
-        best = max(weight_decays, key=lambda wd: (val_scores[wd], wd))  # ties: the stronger regulariser
+        tr_t, va_t = torch.from_numpy(tr).to(xtr.device), torch.from_numpy(va).to(xtr.device)
+        scores = _sweep(xtr[tr_t], train_y[tr_t], xtr[va_t], train_y[va_t], num_classes, cs, solver, seed)
+        best = max(range(len(cs)), key=lambda i: (scores[i], -cs[i]))
+        c, val_top1 = cs[best], scores[best]
     else:
-        best = 1e-4
-    with torch.enable_grad():
-        lin = fit_logistic(xtr, train_y, num_classes, best)
-    return {"top1": _accuracy(lin, xte, test_y), "weight_decay": best, "val_top1": val_scores.get(best)}
+        c = DEFAULT_C
+    wd = weight_decay_for(c, len(xtr))
+    if solver == "sgd":
+        lin = _linear(*(t[0] for t in fit_logistic_sgd(xtr, train_y, num_classes, [wd], seed=seed)))
+    else:
+        lin = fit_logistic(xtr, train_y, num_classes, wd)
+    with torch.no_grad():  # fold the standardisation into the head: W·(f − μ)/σ + b = (W/σ)·f + (b − W·μ/σ)
+        head = _linear(lin.weight / sd, lin.bias - (lin.weight / sd) @ mu)
+    return {"top1": _accuracy(lin, xte, test_y), "C": c, "weight_decay": wd, "val_top1": val_top1,
+            "solver": solver, "head": head}

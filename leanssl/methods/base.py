@@ -29,6 +29,10 @@ class DataInfo:
 
 class Method(nn.Module):
     name: str = "method"
+    # Where training is, set by the loop before every step (`set_progress`): schedules read it.
+    step: int = 0
+    total_steps: int = 1
+    steps_per_epoch: int = 1
 
     def __init__(self, backbone: nn.Module, data: DataInfo, aug: AugConfig | None = None):
         super().__init__()
@@ -39,9 +43,27 @@ class Method(nn.Module):
     def setup(self, loader: "DeviceLoader", batch_size: int) -> None:
         """Called once before the first epoch of a fresh run (not on resume)."""
 
-    def training_step(self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """uint8 images (B, C, H, W) on the device and their dataset indices -> (loss, logs)."""
+    def training_step(self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, rng) -> tuple[torch.Tensor, dict]:
+        """uint8 images (B, C, H, W) on the device and their dataset indices -> (loss, logs).
+
+        `gen` (a torch.Generator on the device) and `rng` (a NumPy Generator, for host-side draws)
+        are the epoch's random streams; every random draw goes through them.
+        """
         raise NotImplementedError
+
+    def set_progress(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        """Called by the loop before every `training_step` (fresh or resumed run alike)."""
+        self.step, self.total_steps, self.steps_per_epoch = step, total_steps, steps_per_epoch
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1): k / K for the step about to run (EMA momentum schedules)."""
+        return self.step / max(1, self.total_steps)
+
+    @property
+    def epoch(self) -> int:
+        """The 0-based epoch of the step about to run (epoch-based schedules: teacher temperature, frozen layers)."""
+        return self.step // max(1, self.steps_per_epoch)
 
     @torch.no_grad()
     def after_step(self) -> None:
