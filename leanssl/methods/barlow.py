@@ -1,0 +1,65 @@
+"""`barlow`: Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction"
+(arXiv 2103.03230; code facebookresearch/barlowtwins).
+
+Both views pass one network; the projections are standardised per dimension over the batch
+(BatchNorm without affine) and their cross-correlation matrix C (dim × dim) is pushed to identity:
+
+    C = z̃₁ᵀ z̃₂ / B,    L = Σ_i (1 − C_ii)² + λ · Σ_{i≠j} C_ij²
+
+Defaults: projector Linear-BN-ReLU ×2 then Linear, no biases, 8192-8192-8192 above 32 px (the
+paper), 2048-2048 at ≤ 32 px (solo-learn's CIFAR recipe: the paper has none); λ = 0.0051 (the code).
+Views: BYOL's asymmetric pair (crop scale (0.08, 1), jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale
+0.2, blur p 1.0 / 0.1, solarise p 0 / 0.2; no blur at ≤ 32 px). Each view passes the network alone.
+Deviations: LARS (lr 0.2·B/256 for weights, 0.0048·B/256 for biases and BN, wd 1.5e-6) is
+replaced by the loop's SGD. The loss is a sum over dim² entries, so its gradient is large next to
+the other methods': `scale` multiplies it (1: the paper; solo-learn's CIFAR recipe uses 0.1, the
+first release of the authors' code 1/32) — lower it, or the learning rate, if SGD diverges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.augment import AugConfig
+from ..models.heads import mlp
+from .base import Method
+from .common import by_size, byol_views
+
+
+@dataclass
+class BarlowConfig:
+    dim: int | None = None          # projection width; None: 2048 at <= 32 px, 8192 above
+    proj_hidden: int | None = None  # None: equal to dim
+    lambd: float = 0.0051           # weight of the off-diagonal (redundancy) terms
+    scale: float = 1.0              # loss multiplier (see the module docstring)
+
+
+def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor:
+    """Σ(1 − C_ii)² + λ·Σ_{i≠j} C_ij² with C = z1ᵀ z2 / B; z1, z2 already standardised per dimension."""
+    c = (z1.t() @ z2).float() / z1.shape[0]
+    diag = torch.diagonal(c)
+    on = (1 - diag).pow(2).sum()
+    off = c.pow(2).sum() - diag.pow(2).sum()
+    return on + lambd * off
+
+
+class BarlowTwins(Method):
+    name = "barlow"
+    Config = BarlowConfig
+
+    def __init__(self, backbone, data, cfg: BarlowConfig | None = None, aug=None):
+        aug = aug or AugConfig(scale=(0.08, 1.0), saturation=0.2)
+        super().__init__(backbone, data, aug)
+        self.cfg = cfg = cfg or self.Config()
+        dim = by_size(cfg.dim, data, 2048, 8192)
+        # last_bn: the last Linear has no bias and is followed by BatchNorm without affine, which is
+        # the paper's per-dimension standardisation of z (its `self.bn`), applied to each view alone.
+        self.projector = mlp(backbone.out_dim, cfg.proj_hidden or dim, dim, layers=3, last_bn=True)
+        self.views = byol_views(data, aug)
+
+    def training_step(self, x, idx, gen, rng):
+        z1, z2 = (self.projector(self.backbone(view(x, gen))) for view in self.views)
+        loss = self.cfg.scale * barlow_loss(z1, z2, self.cfg.lambd)
+        return loss, {}

@@ -1,0 +1,66 @@
+"""`simclr`: Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations"
+(arXiv 2002.05709; authors' code google-research/simclr).
+
+Two views of every image, one shared encoder and projection head g, and the NT-Xent loss: among the
+2B embeddings of a batch, each one's positive is its twin view and its negatives are the other
+2B − 2 (itself excluded).
+
+Defaults and where they come from:
+- head: Linear(D, D)-BN-ReLU-Linear(D, 128), D the backbone width (2048 → 128 for ResNet-50).
+- τ: 0.5 at ≤ 32 px (the authors' CIFAR-10 command), 0.1 above (ImageNet).
+- views: RandomResizedCrop scale (0.08, 1), colour jitter of strength s = 0.5 at ≤ 32 px
+  ((0.4, 0.4, 0.4, 0.1), CIFAR-10) and s = 1 above ((0.8, 0.8, 0.8, 0.2)), p 0.8; grayscale 0.2;
+  blur p 0.5 above 32 px only (the CIFAR command passes --use_blur=False). Both views alike.
+- both views go through the backbone as one 2B batch (BatchNorm over 2B), as in the TF code.
+Deviations: LARS (lr 0.3·B/256 ImageNet, 1.0 at B 512 CIFAR) is replaced by the loop's SGD; the
+TF code's BatchNorm on the projection output (scale only) is left out, as in the paper's g(h).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data.augment import AugConfig
+from ..models.heads import mlp
+from .base import Method
+from .common import by_size, is_small
+
+
+@dataclass
+class SimclrConfig:
+    dim: int = 128                  # projection output
+    proj_hidden: int | None = None  # None: the backbone's width
+    tau: float | None = None        # None: 0.5 at <= 32 px, 0.1 above
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Mean NT-Xent over the 2B anchors: softmax over the 2B − 1 others, the twin view is the target."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = z.shape[0]
+    s = (z @ z.t()).float() / tau
+    s = s.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))  # not its own negative
+    twin = torch.arange(n, device=z.device).roll(n // 2)  # i <-> i ± B
+    return F.cross_entropy(s, twin)
+
+
+class SimCLR(Method):
+    name = "simclr"
+    Config = SimclrConfig
+
+    def __init__(self, backbone, data, cfg: SimclrConfig | None = None, aug=None):
+        s = 0.5 if is_small(data) else 1.0
+        aug = aug or AugConfig(scale=(0.08, 1.0), brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s)
+        super().__init__(backbone, data, aug)
+        self.cfg = cfg = cfg or self.Config()
+        self.tau = by_size(cfg.tau, data, 0.5, 0.1)
+        width = backbone.out_dim
+        self.head = mlp(width, cfg.proj_hidden or width, cfg.dim, layers=2)
+
+    def training_step(self, x, idx, gen, rng):
+        v = torch.cat([self.augment(x, gen), self.augment(x, gen)])
+        z1, z2 = self.head(self.backbone(v)).chunk(2)
+        loss = nt_xent(z1, z2, self.tau)
+        return loss, {}
