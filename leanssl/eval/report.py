@@ -1,0 +1,140 @@
+"""The evaluation report for people: `eval-<data>.md` in the run folder.
+
+One column per feature set — raw pixels, the same architecture randomly initialised, the
+pretrained backbone — so every number has its floors beside it, and each row names the protocol
+settings it was measured with.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+COLUMNS = (("raw_pixels", "raw pixels"), ("random_init", "{backbone}, random init"), ("ssl", "{backbone}, {method}"))
+
+
+def report_name(data: str, labels_per_class: int | None = None, fraction: float | None = None) -> str:
+    """`fashion-mnist` -> eval-fashion-mnist.md, `npz:/x/tiny.npz` -> eval-npz-tiny.md, plus the label subset."""
+    kind, _, path = data.partition(":")
+    name = kind + (f"-{Path(path.rstrip('/')).stem}" if path else "")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")) or "data"
+    if labels_per_class is not None:
+        name += f"-{labels_per_class}perclass"
+    if fraction is not None:
+        name += f"-f{fraction:g}"
+    return f"eval-{name}.md"
+
+
+def report_path(run_dir, data: str, labels_per_class=None, fraction=None) -> Path:
+    return Path(run_dir) / report_name(data, labels_per_class, fraction)
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _columns(res: dict) -> list[tuple[str, str, dict]]:
+    sets = {"ssl": res, **res.get("baselines", {})}
+    return [(key, title.format(**res), sets[key]) for key, title in COLUMNS if key in sets]
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _linear(r: dict) -> str:
+    return "–" if r.get("linear_top1") is None else f"{_pct(r['linear_top1'])} (C={r['linear_C']:.3g})"
+
+
+def _cell(key: str | None, low: str | None = None):
+    """A column's cell: accuracy `key` (None: the linear probe with its C), of the low-label subset `low` if given."""
+    def cell(r: dict) -> str:
+        if low is not None:
+            r = r.get("lowlabel", {}).get(low, {})
+        return _linear(r) if key is None else _pct(r.get(key))
+    return cell
+
+
+def _accuracy_rows(res: dict, cols) -> list[list[str]]:
+    s, ft = res["settings"], res["settings"]["finetune"]
+    cs = s["linear_C"]
+    rows = []
+
+    def row(name, setting, cell):
+        cells = [cell(r) for _, _, r in cols]
+        if any(c != "–" for c in cells):
+            rows.append([name, setting] + cells)
+
+    row("kNN", f"cosine, k={s['knn_k']}, T={s['knn_t']}, weighted votes", _cell("knn_top1"))
+    row("kNN", f"k=20, T={s['knn_t']}", _cell("knn20_top1"))
+    row("linear probe", f"logistic regression ({res.get('linear_solver', s['linear_solver'])}), C of {cs['values']} "
+        f"log-spaced in {cs['min']:.0e}..{cs['max']:.0e} chosen on a {s['val_fraction']:.0%} validation split of train, "
+        f"refit on all of train; standardised features", _cell(None))
+    row("fine-tune", f"{ft['epochs']:g} epochs ({res.get('finetune_steps')} steps), batch {res.get('finetune_batch_size')}, "
+        f"SGD-Nesterov lr {ft['lr']:g} cosine, wd {ft['weight_decay']:g}; crop {ft['crop_scale'][0]:g}–"
+        f"{ft['crop_scale'][1]:g} + flip; BN in train mode", _cell("finetune_top1"))
+    row("fine-tune, linear warm-up", "head from the linear probe (frozen backbone, BN frozen), then as above",
+        _cell("finetune_warmup_top1"))
+    for low, entry in res.get("lowlabel", {}).items():
+        what = f"{entry['labels']} labels, class-balanced, seed {res['seed']}"
+        row(f"{low} labels: linear", f"{what}; probe as above", _cell(None, low))
+        row(f"{low} labels: fine-tune", f"{what}; {entry.get('finetune_steps')} steps, as above", _cell("finetune_top1", low))
+        row(f"{low} labels: fine-tune, warm-up", f"{what}; head from that probe", _cell("finetune_warmup_top1", low))
+    return rows
+
+
+def _fewshot_lines(res: dict, cols) -> list[str]:
+    if "fewshot" not in res:
+        return []
+    f = res["settings"]["fewshot"]
+    lines = ["", f"Few-shot: {f['episodes']} episodes per setting, support images from the training split and "
+                 f"{f['queries']} query images per class (fewer if a class has fewer) from the test split, episode seed "
+                 f"{f['seed']} (the same episodes for every column). Nearest centroid: cosine to the class mean of "
+                 f"L2-normalised features; logistic: C={f['c']:g} on L2-normalised features. Cells: mean ± 95% interval "
+                 f"/ minimum / mean of the worst 10% of episodes, in %.", ""]
+    rows = []
+    for setting, entry in res["fewshot"].items():
+        if "skipped" in entry:
+            rows.append([setting, "–"] + ["skipped: " + entry["skipped"]] * len(cols))
+            continue
+        for clf, name in (("nearest_centroid", "nearest centroid"), ("logistic", "logistic")):
+            cells = []
+            for _, _, r in cols:
+                st = r.get("fewshot", {}).get(setting, {}).get(clf)
+                cells.append("–" if st is None else
+                             f"{100 * st['mean']:.1f} ± {100 * st['ci95']:.1f} / {100 * st['min']:.0f} / {100 * st['worst10']:.1f}")
+            rows.append([setting, name] + cells)
+    return lines + _table(["episodes", "classifier"] + [title for _, title, _ in cols], rows)
+
+
+def format_report(res: dict) -> str:
+    cols = _columns(res)
+    labels = ("all labelled training images" if res["labels_per_class"] is None and res["label_fraction"] is None else
+              f"{res['labels_per_class']} per class" if res["labels_per_class"] is not None else
+              f"a class-stratified fraction {res['label_fraction']:g}")
+    if res["transfer"]:
+        where = (f"**Transfer**: evaluated on `{res['data']}`, pretrained on `{res['pretrain_data']}`; images decoded at the "
+                 f"backbone's {res['resolution']} px, {res['data_channels']} → {res['model_channels']} channel(s).")
+    else:
+        where = f"In-domain: evaluated on the labelled splits of the pretraining data `{res['data']}`."
+    lines = [f"# leanssl eval: `{res['backbone']}` ({res['method']}) on `{res['data']}`", "",
+             f"- Run: `{res['run']}`, backbone `{res['backbone']}` pretrained with `{res['method']}` on `{res['pretrain_data']}`.",
+             f"- {where}",
+             f"- Labels: {labels} ({res['train_images']} images, {res['num_classes']} classes); test split: {res['test_images']} "
+             f"images. Every number is top-1 accuracy on the test split; nothing is tuned on it.",
+             f"- Device {res['device']}, seed {res['seed']}, {time.strftime('%Y-%m-%d %H:%M')}.",
+             ""]
+    if "baselines" not in res:
+        lines += ["No baselines in this report (evaluated with --no-baselines).", ""]
+    lines += _table(["protocol", "settings"] + [title for _, title, _ in cols], _accuracy_rows(res, cols))
+    if "finetune_warmup_top1" in res.get("baselines", {}).get("random_init", {}):
+        lines += ["", "A random backbone's BatchNorm running statistics are still at their initial values, so its frozen "
+                      "(eval-mode) features, and the probe fitted to them, differ in scale from the train-mode features "
+                      "fine-tuning sees: its warm-up row measures that mismatch too."]
+    lines += _fewshot_lines(res, cols)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: Path, res: dict) -> None:
+    Path(path).write_text(format_report(res))
