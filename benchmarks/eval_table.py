@@ -26,6 +26,7 @@ import torch
 from ablation import cpu_name, git_commit  # (this folder is on sys.path when run as a script)
 
 from leanssl.eval.evaluate import PROTOCOLS, EvalSettings, evaluate, parse_protocols
+from leanssl.eval.linear import c_grid
 
 ROOT = Path(__file__).resolve().parent
 ACCURACY_COLUMNS = [("kNN", None, "knn_top1"), ("linear", None, "linear_top1"), ("fine-tune", None, "finetune_top1"),
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--protocol", default=",".join(PROTOCOLS))
     p.add_argument("--finetune-epochs", type=float, default=None, help="shorter fine-tuning for a smoke test")
     p.add_argument("--fewshot-episodes", type=int, default=None, help="fewer episodes for a smoke test")
+    p.add_argument("--linear-c-values", type=int, default=None, help="fewer C values for the probe (default 45)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None)
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         s = replace(s, finetune=replace(s.finetune, epochs=a.finetune_epochs))
     if a.fewshot_episodes is not None:
         s = replace(s, fewshot=replace(s.fewshot, episodes=a.fewshot_episodes))
+    if a.linear_c_values is not None:
+        s = replace(s, linear_cs=c_grid(a.linear_c_values))
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = json.loads(out.read_text()) if out.exists() else {}

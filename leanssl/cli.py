@@ -135,6 +135,7 @@ def _eval_settings(a: argparse.Namespace):
     from dataclasses import replace
 
     from .eval.evaluate import EvalSettings
+    from .eval.linear import c_grid
 
     def given(**kw) -> dict:
         return {k: v for k, v in kw.items() if v is not None}
@@ -146,7 +147,10 @@ def _eval_settings(a: argparse.Namespace):
             shots = tuple(int(k) for k in a.fewshot_shots.split(","))
         except ValueError:
             raise LeansslError(f"--fewshot-shots wants comma-separated integers, got {a.fewshot_shots!r}") from None
-    return replace(s, **given(knn_k=a.knn_k, knn_t=a.knn_t, linear_solver=a.linear_solver),
+    if a.linear_c_values is not None and a.linear_c_values < 1:
+        raise LeansslError(f"--linear-c-values must be at least 1, got {a.linear_c_values}")
+    cs = c_grid(a.linear_c_values) if a.linear_c_values is not None else None
+    return replace(s, **given(knn_k=a.knn_k, knn_t=a.knn_t, linear_solver=a.linear_solver, linear_cs=cs),
                    finetune=replace(s.finetune, **given(epochs=a.finetune_epochs)),
                    fewshot=replace(s.fewshot, **given(ways=a.fewshot_ways, shots=shots, episodes=a.fewshot_episodes)))
 
@@ -199,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn-t", type=float, default=None, help="kNN temperature (default 0.1)")
     p.add_argument("--linear-solver", choices=("auto", "lbfgs", "sgd"), default=None,
                    help="linear probe: full-batch L-BFGS, or minibatch SGD for large feature sets (default auto)")
+    p.add_argument("--linear-c-values", type=int, default=None,
+                   help="how many log-spaced C in 1e-5..1e6 the probe chooses from (default 45, Ericsson et al.; fewer is faster)")
     p.add_argument("--finetune-epochs", type=float, default=None, help="fine-tuning schedule (default 3, at least 200 steps)")
     p.add_argument("--fewshot-ways", type=int, default=None, help="N of N-way episodes (default 5)")
     p.add_argument("--fewshot-shots", default=None, help="comma-separated K of K-shot episodes (default 1,5,20)")

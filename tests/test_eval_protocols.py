@@ -227,15 +227,18 @@ def test_cli_eval_protocols_json_and_report(tiny_npz, tmp_path, capsys):
     assert not res["transfer"] and 0 <= res["knn_top1"] <= 1 and res["train_images"] == 96
     assert set(res["fewshot"]) == {"4-way 1-shot", "4-way 2-shot"} and "baselines" in res  # baselines by default
     assert "In-domain" in (run / "eval-npz-tiny.md").read_text()
-    assert main(["eval", str(run), "--data", f"npz:{tiny_npz}", "--no-baselines", "--json", *common]) == 0
+    assert main(["eval", str(run), "--data", f"npz:{tiny_npz}", "--no-baselines", "--linear-c-values", "3", "--json",
+                 *common]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "baselines" not in res and {"knn_top1", "linear_top1", "train_images", "test_images"} <= set(res)
+    assert res["settings"]["linear_C"] == {"values": 3, "min": pytest.approx(1e-5), "max": pytest.approx(1e6)}
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["--protocol", "knn,bogus"], "unknown protocol bogus"),
     (["--fewshot-shots", "1,x"], "--fewshot-shots wants comma-separated integers"),
     (["--fewshot-ways", "1"], "few-shot ways must be at least 2"),
+    (["--linear-c-values", "0"], "--linear-c-values must be at least 1"),
 ])
 def test_cli_eval_bad_settings_are_one_line_errors(argv, needle, tiny_npz, tmp_path, capsys):
     run = _fake_run(tmp_path / "run", tiny_npz)

@@ -20,8 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-C_GRID = tuple(float(c) for c in np.logspace(-5, 6, 45))  # Ericsson et al.: 1 / logspace(-6, 5, 45)
+
+def c_grid(values: int = 45) -> tuple[float, ...]:
+    """`values` log-spaced C in Ericsson et al.'s range, 1e-5..1e6 (their 1 / logspace(-6, 5, 45) at 45)."""
+    return tuple(float(c) for c in np.logspace(-5, 6, values))
+
+
+C_GRID = c_grid()
 DEFAULT_C = 1.0  # scikit-learn's default, for a training split too small to carve a validation split from
+SWEEP_MAX_ITER = 100  # L-BFGS iterations per C in the sweep: scikit-learn's default, which Ericsson et al. ran
 LBFGS_MAX_ELEMENTS = 1 << 26  # "auto" solver: above this many feature values (N × D), use sgd
 SOLVERS = ("auto", "lbfgs", "sgd")
 
@@ -44,12 +51,11 @@ def fit_logistic_batched(x: torch.Tensor, y: torch.Tensor, num_classes: int, wei
     w.requires_grad_(True)
     b.requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
-    flat_y = y.reshape(-1)
 
     def closure():
         opt.zero_grad()
-        logits = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
-        loss = F.cross_entropy(logits.reshape(-1, num_classes), flat_y, reduction="sum") / n + weight_decay * w.pow(2).sum()
+        logits = torch.matmul(x, w.transpose(1, 2)) + b.unsqueeze(1)  # (E, n, K); CE wants classes in dim 1
+        loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="sum") / n + weight_decay * w.pow(2).sum()
         loss.backward()
         return loss
 
@@ -124,18 +130,18 @@ def _accuracy(lin, x, y) -> float:
     return (lin(x).argmax(1) == y).float().mean().item()
 
 
-def _sweep(x, y, xv, yv, num_classes, cs, solver, seed) -> list[float]:
-    """Validation accuracy of the probe fitted on (x, y) at each C."""
+def _sweep(x, y, xv, yv, num_classes, cs, solver, seed) -> tuple[list[float], list]:
+    """Validation accuracy of the probe fitted on (x, y) at each C, and the L-BFGS fits (to warm-start the refit)."""
     if solver == "sgd":
         w, b = fit_logistic_sgd(x, y, num_classes, [weight_decay_for(c, len(x)) for c in cs], seed=seed)
         with torch.no_grad():
             pred = (torch.einsum("nd,pkd->pnk", xv, w) + b[:, None]).argmax(2)
-        return (pred == yv).float().mean(1).tolist()
-    scores, lin = [0.0] * len(cs), None
+        return (pred == yv).float().mean(1).tolist(), [None] * len(cs)
+    scores, fits, lin = [0.0] * len(cs), [None] * len(cs), None
     for i in sorted(range(len(cs)), key=cs.__getitem__):  # strong to weak regularisation: each fit warm-starts the next
-        lin = fit_logistic(x, y, num_classes, weight_decay_for(cs[i], len(x)), init=lin)
+        lin = fits[i] = fit_logistic(x, y, num_classes, weight_decay_for(cs[i], len(x)), SWEEP_MAX_ITER, init=lin)
         scores[i] = _accuracy(lin, xv, yv)
-    return scores
+    return scores, fits
 
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
@@ -154,19 +160,19 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     xtr, xte = (train_f - mu) / sd, (test_f - mu) / sd
     tr, va = _split(train_y.cpu().numpy(), val_fraction, seed)
     cs = [float(c) for c in cs]
-    val_top1 = None
+    val_top1, start = None, None
     if len(va):
         tr_t, va_t = torch.from_numpy(tr).to(xtr.device), torch.from_numpy(va).to(xtr.device)
-        scores = _sweep(xtr[tr_t], train_y[tr_t], xtr[va_t], train_y[va_t], num_classes, cs, solver, seed)
+        scores, fits = _sweep(xtr[tr_t], train_y[tr_t], xtr[va_t], train_y[va_t], num_classes, cs, solver, seed)
         best = max(range(len(cs)), key=lambda i: (scores[i], -cs[i]))
-        c, val_top1 = cs[best], scores[best]
+        c, val_top1, start = cs[best], scores[best], fits[best]
     else:
         c = DEFAULT_C
     wd = weight_decay_for(c, len(xtr))
     if solver == "sgd":
         lin = _linear(*(t[0] for t in fit_logistic_sgd(xtr, train_y, num_classes, [wd], seed=seed)))
-    else:
-        lin = fit_logistic(xtr, train_y, num_classes, wd)
+    else:  # the refit starts from the chosen C's fit on 80% of the same images
+        lin = fit_logistic(xtr, train_y, num_classes, wd, init=start)
     with torch.no_grad():  # fold the standardisation into the head: W·(f − μ)/σ + b = (W/σ)·f + (b − W·μ/σ)
         head = _linear(lin.weight / sd, lin.bias - (lin.weight / sd) @ mu)
     return {"top1": _accuracy(lin, xte, test_y), "C": c, "weight_decay": wd, "val_top1": val_top1,
