@@ -60,7 +60,7 @@ def run_row(name: str, flags: list[str], a: argparse.Namespace, run_dir: Path) -
     load_after = os.getloadavg()[0]  # other work on a shared machine slows a row: keep the evidence
     summary = json.loads((run_dir / "summary.json").read_text())
     evals = {}
-    floors = ["--baselines"] if name == ROWS[0][0] else []  # raw pixels and a random backbone, once
+    floors = ["--baselines"] if name == ROWS[0][0] else ["--no-baselines"]  # raw pixels and a random backbone, once
     label_sets = [("all", floors)] + ([("subset", ["--fraction", str(a.fraction), *floors])] if a.fraction < 1 else [])
     for key, extra in label_sets:
         ev = subprocess.run([sys.executable, "-m", "leanssl.cli", "eval", str(run_dir), "--data", a.data, "--json",
