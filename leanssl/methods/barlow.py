@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.augment import AugConfig
 from ..models.heads import mlp
 from .base import Method
-from .common import by_size, byol_views
+from .common import by_size, byol_crop_colour, byol_views
 
 
 @dataclass
@@ -50,7 +49,7 @@ class BarlowTwins(Method):
     Config = BarlowConfig
 
     def __init__(self, backbone, data, cfg: BarlowConfig | None = None, aug=None):
-        aug = aug or AugConfig(scale=(0.08, 1.0), saturation=0.2)
+        aug = aug or byol_crop_colour()
         super().__init__(backbone, data, aug)
         self.cfg = cfg = cfg or self.Config()
         dim = by_size(cfg.dim, data, 2048, 8192)

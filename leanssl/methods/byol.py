@@ -22,10 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..data.augment import AugConfig
 from ..models.heads import mlp
 from .base import Method
-from .common import by_size, byol_views, cosine_momentum, ema_update, frozen_copy
+from .common import by_size, byol_crop_colour, byol_views, cosine_momentum, ema_update, frozen_copy
 
 
 @dataclass
@@ -45,7 +44,7 @@ class BYOL(Method):
     Config = ByolConfig
 
     def __init__(self, backbone, data, cfg: ByolConfig | None = None, aug=None):
-        aug = aug or AugConfig(scale=(0.08, 1.0), saturation=0.2)
+        aug = aug or byol_crop_colour()
         super().__init__(backbone, data, aug)
         self.cfg = cfg = cfg or self.Config()
         self.base_momentum = by_size(cfg.momentum, data, 0.99, 0.996)

@@ -40,6 +40,12 @@ def blur_p(p: float, size: int) -> float:
     return p if size > SMALL_IMAGES else 0.0
 
 
+def byol_crop_colour() -> AugConfig:
+    """BYOL's crop and colour recipe (Barlow Twins and TWIST use it too): crops of 8-100% of the
+    area, jitter (0.4, 0.4, 0.2, 0.1). A new object each call: configs are mutable dataclasses."""
+    return AugConfig(scale=(0.08, 1.0), saturation=0.2)
+
+
 def byol_views(data: DataInfo, base: AugConfig, size: int | None = None) -> list[BatchAugment]:
     """BYOL's asymmetric pair (also Barlow Twins', TWIST's and DINO's global crops): the same crop and
     colour recipe, Gaussian blur with p = 1.0 / 0.1 and solarisation with p = 0 / 0.2."""

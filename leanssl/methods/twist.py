@@ -30,10 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..data.augment import AugConfig
 from ..models.heads import mlp
 from .base import Method
-from .common import byol_views, encode_by_size
+from .common import byol_crop_colour, byol_views, encode_by_size
 
 
 @dataclass
@@ -75,7 +74,7 @@ class TWIST(Method):
     Config = TwistConfig
 
     def __init__(self, backbone, data, cfg: TwistConfig | None = None, aug=None):
-        aug = aug or AugConfig(scale=(0.08, 1.0), saturation=0.2)
+        aug = aug or byol_crop_colour()
         super().__init__(backbone, data, aug)
         self.cfg = cfg = cfg or self.Config()
         self.head = mlp(backbone.out_dim, cfg.proj_hidden, cfg.dim, layers=3, last_bn=True)
