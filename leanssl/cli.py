@@ -31,9 +31,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="essl",
                    help="essl (default), npid, simclr, mocov2, byol, simsiam, swav, barlow, dino or twist")
     p.add_argument("--backbone", default="small_cnn", help="small_cnn, resnet18_cifar, resnet50_cifar or any timm model name")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 100; with --budget, a cap)")
+    p.add_argument("--budget", type=parse_duration, default=None, metavar="TIME",
+                   help="train for this wall-clock time (e.g. 90s, 10m, 1.5h); lr and EMA schedules follow the time")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.5 x batch/256)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: the method's rate per 256 images x batch/256; essl 0.5)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--warmup-epochs", type=float, default=2.0)
     p.add_argument("--out", default=None, help="run folder (default runs/<data>-<method>-<backbone>)")
@@ -71,13 +74,27 @@ def _train_config(a: argparse.Namespace):
     method_args.update(_method_arg_values(a.method, a.method_arg))
     data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
     return TrainConfig(
-        data=a.data, method=a.method, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+        data=a.data, method=a.method, backbone=a.backbone, batch_size=a.batch_size, lr=a.lr,
+        epochs=a.epochs if a.epochs is not None else (100 if a.budget is None else 10_000), time_budget=a.budget,
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, seed=a.seed, device=a.device,
         fraction=a.fraction, resolution=a.resolution, out=a.out or f"runs/{data_name}-{a.method}-{a.backbone}",
         cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
         method_args={k: v for k, v in method_args.items() if v is not None},
         strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,
         checkpoint_every=a.checkpoint_every)
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' -> seconds (argparse type: a bad value is a usage error)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        seconds = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use seconds or a number with s, m or h") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the budget must be positive")
+    return seconds
 
 
 def _method_arg_values(method: str, items: list[str]) -> dict:

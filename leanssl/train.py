@@ -48,7 +48,7 @@ class TrainConfig:
     backbone: str = "small_cnn"
     epochs: int = 100
     batch_size: int = 256
-    lr: float | None = None          # None: 0.5 x batch/256 (the authors' 1.0 at batch 512)
+    lr: float | None = None          # None: the method's default_lr x batch/256 (essl: 0.5, the authors' 1.0 at 512)
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: float = 2.0
@@ -66,9 +66,10 @@ class TrainConfig:
     on_nan: str = "stop"             # a non-finite loss or gradient norm: "stop" the run, or "skip" that batch
     grad_norm_limit: float | None = None  # a total gradient norm above this counts as diverged, like NaN
     strict_images: bool = False      # an undecodable image is an error instead of being skipped
+    time_budget: float | None = None  # seconds of training; the run ends when they are spent (epochs is then a cap)
 
     def base_lr(self) -> float:
-        return self.lr if self.lr is not None else 0.5 * self.batch_size / 256
+        return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch_size / 256
 
 
 def resolve_device(name: str) -> torch.device:
@@ -278,6 +279,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
         raise LeansslError(f"--checkpoint-every must be at least 1 step, got {cfg.checkpoint_every}")
     if cfg.grad_norm_limit is not None and not cfg.grad_norm_limit > 0:
         raise LeansslError(f"--grad-norm-limit must be positive, got {cfg.grad_norm_limit}")
+    if cfg.time_budget is not None and not cfg.time_budget > 0:
+        raise LeansslError(f"--budget must be a positive time, got {cfg.time_budget} s")
     get_method(cfg.method)  # fail on a bad name before any data is decoded
     check_backbone_name(cfg.backbone)
 
@@ -320,12 +323,13 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
-    start_epoch, elapsed, last_loss, skipped_steps = 0, 0.0, float("nan"), 0
+    start_epoch, elapsed, last_loss, skipped_steps, images_seen = 0, 0.0, float("nan"), 0, 0
     if state is not None:
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, elapsed, last_loss = state["epoch"], state["elapsed"], state["loss"]
         skipped_steps = state.get("skipped_steps", 0)
+        images_seen = state.get("images_seen", start_epoch * steps_per_epoch * cfg.batch_size)
         torch.set_rng_state(state["torch_rng"])
         # A killed run may have logged steps after its checkpoint: they are replayed, so drop them.
         resume_step = start_epoch * steps_per_epoch + state.get("step_in_epoch", 0)
@@ -342,6 +346,9 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
         epochs_csv.write_text("epoch,loss,seconds,images_per_s,peak_mem_mb\n")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+    if cfg.time_budget is not None and elapsed >= cfg.time_budget:
+        end_epoch = start_epoch  # a resumed run whose budget is already spent
+    rate_from = None  # (step, seconds) where this invocation's timing starts, for the budget's step estimate
 
     params = [p for p in method.parameters() if p.requires_grad]
     norm_stats = [b for n, b in method.named_buffers() if "running_" in n or "num_batches" in n]
@@ -361,10 +368,19 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
             rng.bit_generator.state = state["np_rng_state"]
         t_epoch = time.perf_counter()
         bar = tqdm(loader.epoch(cfg.batch_size, cfg.seed * 7919 + epoch, start=first), initial=first, total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if cfg.progress else True, leave=False, unit="batch")
-        interrupted = False
+                   desc=f"epoch {epoch + 1}" + (f"/{cfg.epochs}" if cfg.time_budget is None else f" ({_budget_left(cfg, elapsed)} left)"), disable=None if cfg.progress else True, leave=False, unit="batch")
+        interrupted = budget_spent = False
         for i, (xb, idx) in enumerate(bar, start=first):
             step = epoch * steps_per_epoch + i
+            if cfg.time_budget is not None:
+                # Schedules follow the time spent: the steps the budget will hold, extrapolated from the rate so far.
+                spent = elapsed + seconds_before + time.perf_counter() - t_epoch
+                if spent >= cfg.time_budget:
+                    budget_spent = True
+                    break
+                rate_from = rate_from or (step, spent)
+                total_steps = _steps_in_budget(step, spent, rate_from, cfg.time_budget, steps_per_epoch * cfg.epochs)
+                warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps // 10)
             steps_done = step + 1
             lr = lr_at(step, total_steps, warmup, cfg.base_lr())
             for g in opt.param_groups:
@@ -406,41 +422,65 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
             if save_now:
                 _save_checkpoint(ckpt_path, method, opt, cfg, epoch=epoch, step_in_epoch=i + 1, loss=last_loss,
                                  elapsed=elapsed, skipped_steps=skipped_steps, gen_state=gen.get_state(),
-                                 np_rng_state=rng.bit_generator.state, epoch_losses=losses,
+                                 np_rng_state=rng.bit_generator.state, epoch_losses=losses, images_seen=images_seen,
                                  epoch_seconds=seconds_before + time.perf_counter() - t_epoch)
             if interrupted:
                 break
         if interrupted and i + 1 < steps_per_epoch:  # mid-epoch, after its checkpoint
             break
+        if budget_spent:  # the steps logged since the last flush still count
+            rows = logger.flush()
+            _check_rows(rows, cfg.grad_norm_limit, device, ckpt_path)
+            losses += [r[3] for r in rows]
+        steps_in_epoch = i if budget_spent else steps_per_epoch
         seconds = seconds_before + time.perf_counter() - t_epoch
         elapsed += seconds
+        images_seen += steps_in_epoch * cfg.batch_size
+        budget_spent = budget_spent or (cfg.time_budget is not None and elapsed >= cfg.time_budget)
         last_loss = float(np.mean(losses)) if losses else float("nan")
-        rate = steps_per_epoch * cfg.batch_size / seconds
+        rate = (steps_in_epoch - first) * cfg.batch_size / max(seconds - seconds_before, 1e-9)
         with open(epochs_csv, "a") as f:
             f.write(f"{epoch + 1},{last_loss:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
         if cfg.progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {last_loss:.4f}  {rate:.0f} img/s  {seconds:.1f}s")
         _save_checkpoint(ckpt_path, method, opt, cfg, epoch=epoch + 1, step_in_epoch=0, loss=last_loss, elapsed=elapsed,
-                         skipped_steps=skipped_steps)
+                         skipped_steps=skipped_steps, images_seen=images_seen)
         epochs_done = epoch + 1
-        if stop.signal is not None:
+        if stop.signal is not None or budget_spent:
             break
     stop.armed = False
 
-    done = epochs_done >= cfg.epochs
+    done = epochs_done >= cfg.epochs or (cfg.time_budget is not None and elapsed >= cfg.time_budget)
     if done:
         save_file({k: v.contiguous() for k, v in method.backbone.state_dict().items()}, str(out / "backbone.safetensors"))
     summary = {"method": cfg.method, "backbone": cfg.backbone, "data": cfg.data, "fraction": cfg.fraction,
                "train_images": len(x), "epochs_done": epochs_done, "steps_done": steps_done, "epochs": cfg.epochs,
                "complete": done,
                "final_loss": last_loss, "train_seconds": elapsed,
-               "images_per_s": (epochs_done * steps_per_epoch * cfg.batch_size / elapsed) if elapsed and epochs_done else None,
+               "images_seen": images_seen, "time_budget": cfg.time_budget,
+               "images_per_s": (images_seen / elapsed) if elapsed and images_seen else None,
                "peak_mem_mb": peak_memory_mb(device), "device": str(device),
                "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": stop.signal}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if stop.signal is not None:
         raise TrainingInterrupted(summary)
     return summary
+
+
+def _budget_left(cfg: TrainConfig, elapsed: float) -> str:
+    left = max(0.0, cfg.time_budget - elapsed)
+    return f"{left / 60:.1f} min" if left >= 60 else f"{left:.0f} s"
+
+
+def _steps_in_budget(step: int, spent: float, start: tuple[int, float], budget: float, cap: int) -> int:
+    """The total steps a time budget will hold, from the rate measured since `start` = (step, seconds spent).
+
+    Before a rate is measured (the first steps) the estimate is the cap; warm-up does not depend on it.
+    """
+    steps, seconds = step - start[0], spent - start[1]
+    if steps < 5 or seconds <= 0:
+        return cap
+    return max(step + 1, min(cap, step + int((budget - spent) * steps / seconds)))
 
 
 def _divergence(loss: float, grad_norm: float, limit: float | None) -> str | None:

@@ -127,3 +127,38 @@ def test_empty_folder_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "leanssl.cli", "train", "--data", f"folder:{tmp_path / 'empty'}",
                         "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and str(tmp_path / "empty") in r.stderr, r.stderr
+
+
+def test_time_budget_ends_the_run_and_anneals_the_schedule_by_time(tiny_npz, tmp_path):
+    s = train(_cfg(tiny_npz, tmp_path, epochs=100_000, time_budget=1.5, warmup_epochs=0.5))
+    assert s["complete"] and s["time_budget"] == 1.5
+    assert 1.5 <= s["train_seconds"] < 5  # stops at the first step past the budget (setup included)
+    assert (tmp_path / "run" / "backbone.safetensors").exists()
+    with open(tmp_path / "run" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert s["images_seen"] == len(rows) * 16 and len(rows) > 10
+    peak, last = max(float(r["lr"]) for r in rows), float(rows[-1]["lr"])
+    assert peak == pytest.approx(0.5 * 16 / 256, rel=1e-3)
+    assert last < 0.5 * peak  # the cosine followed the time spent, not the 100000-epoch cap
+    # Resuming a run whose budget is spent trains nothing more.
+    again = train(_cfg(tiny_npz, tmp_path, epochs=100_000, time_budget=1.5, warmup_epochs=0.5), resume=True)
+    assert again["images_seen"] == s["images_seen"]
+
+
+def test_steps_in_budget_extrapolates_the_measured_rate():
+    from leanssl.train import _steps_in_budget
+    # 10 steps took 2 s since step 5 (at 1 s spent); 9 s of a 10 s budget left at 0.2 s/step -> 45 more.
+    assert _steps_in_budget(15, 3.0, (5, 1.0), 10.0, cap=1000) == 15 + int(7.0 * 10 / 2.0)
+    assert _steps_in_budget(7, 3.0, (5, 1.0), 10.0, cap=1000) == 1000  # too few steps measured: the cap
+    assert _steps_in_budget(500, 3.0, (5, 1.0), 1e6, cap=800) == 800
+
+
+def test_budget_parsing_and_per_method_default_lr():
+    from leanssl.cli import parse_duration
+    assert [parse_duration(t) for t in ("90", "90s", "10m", "1.5h")] == [90, 90, 600, 5400]
+    for bad in ("", "ten", "-5m", "0"):
+        with pytest.raises(Exception):
+            parse_duration(bad)
+    assert TrainConfig(method="essl", batch_size=512).base_lr() == pytest.approx(1.0)  # the authors' rate
+    assert TrainConfig(method="mocov2", batch_size=512).base_lr() == pytest.approx(0.06)  # MoCo's CIFAR demo
+    assert TrainConfig(method="simsiam", batch_size=256, lr=0.2).base_lr() == 0.2  # --lr wins

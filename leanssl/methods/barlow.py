@@ -47,6 +47,7 @@ def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tenso
 class BarlowTwins(Method):
     name = "barlow"
     Config = BarlowConfig
+    default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 
     def __init__(self, backbone, data, cfg: BarlowConfig | None = None, aug=None):
         aug = aug or byol_crop_colour()

@@ -29,6 +29,8 @@ class DataInfo:
 
 class Method(nn.Module):
     name: str = "method"
+    # Peak SGD learning rate per 256 images when --lr is not given (essl/npid: the authors' 1.0 at batch 512).
+    default_lr: float = 0.5
     # Where training is, set by the loop before every step (`set_progress`): schedules read it.
     step: int = 0
     total_steps: int = 1

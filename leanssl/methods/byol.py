@@ -42,6 +42,7 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 class BYOL(Method):
     name = "byol"
     Config = ByolConfig
+    default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 
     def __init__(self, backbone, data, cfg: ByolConfig | None = None, aug=None):
         aug = aug or byol_crop_colour()

@@ -87,6 +87,7 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
 class DINO(Method):
     name = "dino"
     Config = DinoConfig
+    default_lr = 0.03  # per 256 images: the authors' SGD recipe for ResNets, 0.03·B/256
 
     def __init__(self, backbone, data, cfg: DinoConfig | None = None, aug=None):
         cfg = cfg or self.Config()

@@ -57,6 +57,7 @@ def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, queue_idx
 class MoCoV2(Method):
     name = "mocov2"
     Config = Mocov2Config
+    default_lr = 0.03  # per 256 images: the authors' SGD recipe: 0.03·B/256 (their CIFAR demo: 0.06 at 512)
 
     def __init__(self, backbone, data, cfg: Mocov2Config | None = None, aug=None):
         super().__init__(backbone, data, aug)

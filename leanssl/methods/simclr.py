@@ -49,6 +49,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 class SimCLR(Method):
     name = "simclr"
     Config = SimclrConfig
+    default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 
     def __init__(self, backbone, data, cfg: SimclrConfig | None = None, aug=None):
         s = 0.5 if is_small(data) else 1.0

@@ -43,6 +43,7 @@ def neg_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 class SimSiam(Method):
     name = "simsiam"
     Config = SimsiamConfig
+    default_lr = 0.03  # per 256 images: the paper's CIFAR SGD recipe, 0.03·B/256
 
     def __init__(self, backbone, data, cfg: SimsiamConfig | None = None, aug=None):
         super().__init__(backbone, data, aug)

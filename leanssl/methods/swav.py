@@ -81,6 +81,7 @@ def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], tau: float)
 class SwAV(Method):
     name = "swav"
     Config = SwavConfig
+    default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 
     def __init__(self, backbone, data, cfg: SwavConfig | None = None, aug=None):
         cfg = cfg or self.Config()

@@ -72,6 +72,7 @@ def twist_loss(f1: torch.Tensor, f2: torch.Tensor, tau: float = 1.0, lam1: float
 class TWIST(Method):
     name = "twist"
     Config = TwistConfig
+    default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 
     def __init__(self, backbone, data, cfg: TwistConfig | None = None, aug=None):
         aug = aug or byol_crop_colour()
