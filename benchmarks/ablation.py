@@ -12,16 +12,11 @@ with the machine, date and commit.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+from common import ROOT, best_epoch_rate, cpu_name, git_commit, train_and_eval
 ROWS = [  # (name, extra train flags): each row adds one component to the one before
     ("npid", ["--method", "npid"]),
     ("+ calibration", ["--method", "npid", "--calibrate"]),
@@ -32,48 +27,14 @@ ROWS = [  # (name, extra train flags): each row adds one component to the one be
 ]
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def git_commit() -> str:
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return r.stdout.strip() or "unknown"
-
-
 def run_row(name: str, flags: list[str], a: argparse.Namespace, run_dir: Path) -> dict:
-    common = ["--cache-dir", a.cache_dir] if a.cache_dir else []
-    train = [sys.executable, "-m", "leanssl.cli", "train", "--data", a.data, "--backbone", a.backbone,
-             "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--fraction", str(a.fraction),
-             "--seed", str(a.seed), "--device", a.device, "--out", str(run_dir), "--no-progress", *flags, *common]
-    if (run_dir / "checkpoint.pt").exists():
-        train.append("--resume")  # a killed benchmark continues the row it was in
-    print(f"[{name}] {' '.join(train[2:])}", flush=True)
-    load_before = os.getloadavg()[0]
-    subprocess.run(train, check=True)
-    load_after = os.getloadavg()[0]  # other work on a shared machine slows a row: keep the evidence
-    summary = json.loads((run_dir / "summary.json").read_text())
-    evals = {}
     floors = ["--baselines"] if name == ROWS[0][0] else ["--no-baselines"]  # raw pixels and a random backbone, once
     label_sets = [("all", floors)] + ([("subset", ["--fraction", str(a.fraction), *floors])] if a.fraction < 1 else [])
-    for key, extra in label_sets:
-        ev = subprocess.run([sys.executable, "-m", "leanssl.cli", "eval", str(run_dir), "--data", a.data, "--json",
-                             "--device", a.device, *extra, *common], check=True, capture_output=True, text=True)
-        evals[key] = json.loads(ev.stdout.strip().splitlines()[-1])
-    return {"name": name, "flags": flags, "train": summary, "eval": evals, "loadavg": [load_before, load_after],
-            "commit": git_commit(), "best_epoch_images_per_s": best_epoch_rate(run_dir)}
-
-
-def best_epoch_rate(run_dir: Path) -> float:
-    """images/s of the fastest epoch: on a shared machine, the epoch least slowed by other jobs."""
-    with open(run_dir / "epochs.csv") as f:
-        return max(float(r["images_per_s"]) for r in csv.DictReader(f))
+    flags = ["--backbone", a.backbone, "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
+             "--fraction", str(a.fraction), "--seed", str(a.seed), *flags]
+    row = train_and_eval(name, flags, run_dir, a.data, a.device, label_sets, a.cache_dir)
+    row["flags"] = flags[10:]
+    return row
 
 
 def main() -> None:

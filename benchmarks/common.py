@@ -1,0 +1,59 @@
+"""What the benchmark scripts share: machine facts, and one row = `leanssl train` + `leanssl eval --json`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit() -> str:
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return r.stdout.strip() or "unknown"
+
+
+def best_epoch_rate(run_dir: Path) -> float:
+    """images/s of the fastest epoch: on a shared machine, the epoch least slowed by other jobs."""
+    with open(run_dir / "epochs.csv") as f:
+        return max(float(r["images_per_s"]) for r in csv.DictReader(f))
+
+
+def train_and_eval(name: str, train_flags: list[str], run_dir: Path, data: str, device: str,
+                   label_sets: list[tuple[str, list[str]]], cache_dir: str | None = None) -> dict:
+    """Train in its own process (so peak memory is this run's), then evaluate each label set with --json.
+
+    A run folder holding a checkpoint is resumed: a killed benchmark continues the row it was in.
+    """
+    common = ["--cache-dir", cache_dir] if cache_dir else []
+    train = [sys.executable, "-m", "leanssl.cli", "train", "--data", data, "--device", device, "--out", str(run_dir),
+             "--no-progress", *train_flags, *common]
+    if (run_dir / "checkpoint.pt").exists():
+        train.append("--resume")
+    print(f"[{name}] {' '.join(train[2:])}", flush=True)
+    load_before = os.getloadavg()[0]
+    subprocess.run(train, check=True)
+    load_after = os.getloadavg()[0]  # other work on a shared machine slows a row: keep the evidence
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evals = {}
+    for key, extra in label_sets:
+        ev = subprocess.run([sys.executable, "-m", "leanssl.cli", "eval", str(run_dir), "--data", data, "--json",
+                             "--device", device, *extra, *common], check=True, capture_output=True, text=True)
+        evals[key] = json.loads(ev.stdout.strip().splitlines()[-1])
+    return {"name": name, "flags": train_flags, "train": summary, "eval": evals, "loadavg": [load_before, load_after],
+            "commit": git_commit(), "best_epoch_images_per_s": best_epoch_rate(run_dir)}
