@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ablation import cpu_name, git_commit  # (this folder is on sys.path when run as a script)
+from common import cpu_name, git_commit  # (this folder is on sys.path when run as a script)
 
 from leanssl.eval.evaluate import PROTOCOLS, EvalSettings, evaluate, parse_protocols
 from leanssl.eval.linear import c_grid
