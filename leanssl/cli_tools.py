@@ -1,4 +1,4 @@
-"""Commands that use a finished run: export, embed, map, select (registered by cli.build_parser)."""
+"""Commands beyond train and eval: export, embed, map, select, bench (registered by cli.build_parser)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,44 @@ def cmd_select(a: argparse.Namespace) -> None:
     print(f"selected {len(picks)} of {len(emb)} images to label -> {out}")
 
 
+def _bench_command(a: argparse.Namespace) -> str:
+    """The command line that reproduces this bench (what was given, in a fixed order)."""
+    import shlex
+
+    parts = ["leanssl", "bench", "--data", a.data, "--profile", a.profile]
+    for flag in ("methods", "backbones", "fractions", "epochs", "batch_size", "out", "device", "seed"):
+        value = getattr(a, flag)
+        if value is not None and not (flag == "seed" and value == 0) and not (flag == "device" and value == "auto"):
+            parts += [f"--{flag.replace('_', '-')}", str(value)]
+    if a.budget is not None:
+        parts += ["--budget", f"{a.budget:g}s"]
+    return shlex.join(parts)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench.grid import PROFILES, build_grid, parse_fractions, parse_list
+    from .bench.run import BenchPlan, report_only, run_bench
+
+    profile = PROFILES[a.profile]
+    cells = build_grid(profile, methods=parse_list(a.methods, "methods") if a.methods else None,
+                       backbones=parse_list(a.backbones, "backbones") if a.backbones else None,
+                       fractions=parse_fractions(a.fractions) if a.fractions else None, epochs=a.epochs, budget=a.budget)
+    data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
+    plan = BenchPlan(data=a.data, cells=cells, out=Path(a.out or f"runs/bench-{data_name}-{a.profile}"),
+                     profile=a.profile, batch_size=a.batch_size or profile.batch_size, eval=profile.eval, seed=a.seed,
+                     device=a.device, cache_dir=a.cache_dir, command=_bench_command(a), floors=a.floors)
+    if a.dry_run:
+        print(f"{len(cells)} cells ({a.profile} profile: {profile.about}), batch {plan.batch_size}, "
+              f"results in {plan.out}:")
+        for i, c in enumerate(cells, 1):
+            print(f"  {i:3d}. {c.label}")
+        return 0
+    results = report_only(plan) if a.report_only else run_bench(plan)
+    return 1 if results["failed"] else 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("export", help="write the run's backbone alone, with a metadata file, for use elsewhere")
     p.add_argument("run_dir")
@@ -92,3 +130,31 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--out", required=True, help="CSV of the picks (rank, row, split, index, label, class, path)")
     p.set_defaults(func=cmd_select)
+
+    from .cli import parse_duration
+
+    p = sub.add_parser("bench", help="methods x data fractions x backbones: cost and accuracy of each, report, plots",
+                       description="Train every cell of the grid in its own process, evaluate it (kNN, linear probe, "
+                       "few-shot, accuracy over time), and write results.json, results.csv, report.md and plots/ into "
+                       "--out. Rerun the same command to continue a killed bench: finished cells are skipped.")
+    p.add_argument("--data", required=True, help="data SPEC with labelled train and test splits (as for train)")
+    p.add_argument("--profile", choices=("cpu", "gpu"), default="cpu",
+                   help="preset grid: cpu (about an hour on 2 cores with Fashion-MNIST) or gpu (full scale, one H100)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: the profile's)")
+    p.add_argument("--backbones", default=None, help="comma-separated backbones (default: the profile's)")
+    p.add_argument("--fractions", default=None, help="comma-separated pretraining data fractions, e.g. 0.01,0.1,1.0")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, default=None, help="equal epochs: every run trains this many")
+    length.add_argument("--budget", type=parse_duration, default=None, metavar="TIME",
+                        help="equal wall-clock: every run trains for this long (e.g. 90s, 10m)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of every run (default: the profile's)")
+    p.add_argument("--out", default=None, help="bench folder (default runs/bench-<data>-<profile>)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score raw pixels and each backbone at random initialisation (default on)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite results and report from the finished cells, run nothing")
+    p.set_defaults(func=cmd_bench)

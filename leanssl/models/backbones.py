@@ -1,4 +1,4 @@
-"""Backbones: any timm model by name, a CIFAR-stem ResNet for small images, and a small CPU net.
+"""Backbones: any timm model by name, a CIFAR-stem ResNet and a 4-px-patch ViT for small images, and a small CPU net.
 
 Every backbone is built without a classifier (`num_classes=0`), maps (B, C, H, W) to (B, D)
 features and exposes `out_dim` = D (measured, since timm's `num_features` is the width before
@@ -58,6 +58,11 @@ _LOCAL = {
     "small_cnn": lambda c, s: SmallCNN(c),
     "resnet18_cifar": lambda c, s: cifar_stem(timm.create_model("resnet18", num_classes=0, in_chans=c), c),
     "resnet50_cifar": lambda c, s: cifar_stem(timm.create_model("resnet50", num_classes=0, in_chans=c), c),
+    # timm's ViT-Tiny with 4-px patches (7x7 / 8x8 tokens at 28 / 32 px): vit_tiny_patch16_224 at that size
+    # sees one or four 16-px patches. Weights load with timm.create_model("vit_tiny_patch16_224", patch_size=4,
+    # img_size=SIZE, in_chans=C, num_classes=0).
+    "vit_tiny_cifar": lambda c, s: timm.create_model("vit_tiny_patch16_224", num_classes=0, in_chans=c, img_size=s,
+                                                     patch_size=4),
 }
 
 
@@ -70,7 +75,7 @@ def check_backbone_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, list(_LOCAL) + timm.list_models(), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise LeansslError(f"unknown backbone '{name}'{hint}: use small_cnn, resnet18_cifar, resnet50_cifar or a timm model name")
+    raise LeansslError(f"unknown backbone '{name}'{hint}: use {', '.join(sorted(_LOCAL))} or a timm model name")
 
 
 def build_backbone(name: str, in_chans: int, img_size: int) -> nn.Module:

@@ -1,0 +1,174 @@
+"""The bench grid (methods x data fractions x backbones x training mode) and its cpu / gpu presets.
+
+A profile is a list of blocks; each block is the product of its backbones, fractions and methods at
+one training length: `epochs` (equal epochs) or `budget` seconds (equal wall-clock: every run stops
+when its time is spent, and its learning-rate schedule follows the time). On the command line,
+`--methods` replaces every block's methods; giving any of `--backbones`, `--fractions`, `--epochs`
+or `--budget` makes the grid exactly their product, the others taken from the profile's first block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import LeansslError
+from ..eval.knn import KNN_K, KNN_T
+
+# Methods that encode two or more augmented views of every image per step (the paper's "two-branch"
+# methods); essl and npid encode one.
+MULTI_VIEW = ("simclr", "mocov2", "byol", "simsiam", "swav", "barlow", "dino", "twist")
+SINGLE_VIEW = ("essl", "npid")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: a method, a backbone, a data fraction and a training length."""
+
+    method: str
+    backbone: str
+    fraction: float
+    epochs: int | None = None    # equal-epochs mode
+    budget: float | None = None  # equal wall-clock mode: seconds of training (epochs is then no limit)
+
+    @property
+    def mode(self) -> str:
+        return "budget" if self.budget is not None else "epochs"
+
+    @property
+    def length(self) -> str:
+        """'10 epochs' or '60 s'."""
+        return f"{self.budget:g} s" if self.budget is not None else f"{self.epochs} epoch{'s' * (self.epochs != 1)}"
+
+    @property
+    def key(self) -> str:
+        """Folder name: essl-small_cnn-f0.1-e10 or essl-small_cnn-f0.1-b60s."""
+        length = f"b{self.budget:g}s" if self.budget is not None else f"e{self.epochs}"
+        return f"{self.method}-{self.backbone.replace('/', '_')}-f{self.fraction:g}-{length}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.backbone} fraction {self.fraction:g}, {self.length}"
+
+
+@dataclass(frozen=True)
+class Block:
+    backbones: tuple[str, ...]
+    fractions: tuple[float, ...]
+    epochs: int | None = None
+    budget: float | None = None
+    methods: tuple[str, ...] | None = None  # None: the profile's methods
+
+    def cells(self, methods: tuple[str, ...]) -> list[Cell]:
+        return [Cell(m, b, f, self.epochs, self.budget)
+                for b in self.backbones for f in self.fractions for m in (self.methods or methods)]
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """How every cell is scored. Subsets are seeded and class-stratified; None: the whole split."""
+
+    train_images: int | None = None  # labelled training images the kNN / linear / few-shot protocols use
+    test_images: int | None = None   # test images scored
+    curve_train: int = 10_000        # the accuracy-over-time curve: kNN on this fixed subsample (of the above)
+    curve_test: int = 5_000
+    curve_points: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)  # fractions of the run's steps (plus start and end)
+    knn_k: int = KNN_K
+    knn_t: float = KNN_T
+    linear_c_values: int = 45        # C values of the linear probe's sweep (Ericsson et al.: 45)
+    fewshot_ways: int = 5
+    fewshot_shots: tuple[int, ...] = (5,)
+    fewshot_episodes: int = 600
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    about: str
+    methods: tuple[str, ...]
+    blocks: tuple[Block, ...]
+    batch_size: int
+    eval: EvalPlan = field(default_factory=EvalPlan)
+
+
+PROFILES = {
+    "cpu": Profile(
+        "cpu", "about 45-60 minutes on a quiet 2-core CPU with Fashion-MNIST (60k images of 28 px)",
+        methods=("essl", "npid", "simclr", "byol"),
+        blocks=(
+            # Equal wall-clock across data scales: every run gets one minute.
+            Block(("small_cnn",), (0.01, 0.1, 1.0), budget=60.0),
+            # Equal epochs at the small scales (at 100% ten epochs of the two-view methods alone take ~30 min).
+            Block(("small_cnn",), (0.01, 0.1), epochs=10),
+            # The bigger backbones: single-branch vs SimCLR at equal wall-clock on 10% of the data.
+            Block(("small_cnn", "mobilenetv3_small_050", "resnet18_cifar", "vit_tiny_cifar"), (0.1,), budget=120.0,
+                  methods=("essl", "simclr")),
+        ),
+        batch_size=256,
+        eval=EvalPlan(train_images=6000, test_images=2000, curve_train=2000, curve_test=1000,
+                      curve_points=(0.25, 0.5, 0.75), linear_c_values=12, fewshot_episodes=200),
+    ),
+    "gpu": Profile(
+        "gpu", "the full-scale grid for one H100: every method, the paper's 200 epochs; roughly 10-16 hours "
+        "(estimated from counted FLOPs, not yet measured)",
+        methods=("essl", "npid", "simclr", "mocov2", "byol", "simsiam", "swav", "barlow", "dino", "twist"),
+        blocks=(
+            Block(("resnet18_cifar", "mobilenetv3_small_100", "vit_tiny_cifar", "small_cnn"), (0.01, 0.1, 1.0),
+                  epochs=200),
+            Block(("resnet18_cifar",), (0.1, 1.0), budget=600.0),
+        ),
+        batch_size=256,
+        eval=EvalPlan(),
+    ),
+}
+
+
+def parse_list(text: str, what: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not items:
+        raise LeansslError(f"--{what}: expected a comma-separated list, got {text!r}")
+    return items
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    out = []
+    for t in parse_list(text, "fractions"):
+        try:
+            f = float(t)
+        except ValueError:
+            raise LeansslError(f"--fractions: {t!r} is not a number") from None
+        if not 0 < f <= 1:
+            raise LeansslError(f"--fractions: {t} is not in (0, 1]")
+        out.append(f)
+    return tuple(out)
+
+
+def build_grid(profile: Profile, methods=None, backbones=None, fractions=None, epochs=None, budget=None) -> list[Cell]:
+    """The cells of `profile` with the command line's replacements (see the module docstring)."""
+    if epochs is not None and budget is not None:
+        raise LeansslError("give --epochs or --budget, not both")
+    if epochs is not None and epochs < 1:
+        raise LeansslError(f"--epochs must be at least 1, got {epochs}")
+    blocks = list(profile.blocks)
+    if any(v is not None for v in (backbones, fractions, epochs, budget)):
+        first = blocks[0]
+        given = epochs is not None or budget is not None
+        length = dict(epochs=epochs, budget=budget) if given else dict(epochs=first.epochs, budget=first.budget)
+        blocks = [Block(backbones or first.backbones, fractions or first.fractions, **length)]
+    if methods is not None:
+        blocks = [replace(b, methods=tuple(methods)) for b in blocks]
+    cells = list(dict.fromkeys(c for b in blocks for c in b.cells(profile.methods)))
+    check_names(cells)
+    return cells
+
+
+def check_names(cells: list[Cell]) -> None:
+    """Unknown methods and backbones are one clear error, before anything is trained."""
+    from ..methods import METHODS
+    from ..models.backbones import check_backbone_name
+
+    bad = sorted({c.method for c in cells} - set(METHODS))
+    if bad:
+        raise LeansslError(f"unknown method{'s' * (len(bad) > 1)} {', '.join(bad)}: "
+                           f"choose from {', '.join(sorted(METHODS))}")
+    for name in dict.fromkeys(c.backbone for c in cells):
+        check_backbone_name(name)

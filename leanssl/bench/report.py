@@ -1,0 +1,412 @@
+"""The bench report: a markdown table, PNG plots, and which of the paper's claims held on this data.
+
+    OUT/report.md
+    OUT/plots/accuracy_vs_cost.png      kNN top-1 against wall-clock and against training FLOPs, Pareto front per fraction
+    OUT/plots/accuracy_vs_fraction.png  kNN and linear top-1 against the pretraining data fraction, per method
+    OUT/plots/accuracy_vs_time.png      kNN (curve subsample) during training, per cell group
+
+The claims (Cao & Wu, arXiv 2404.19289), checked only where the grid holds the cells to check them:
+less training overhead than multi-view methods; accuracy at least theirs at equal epochs and at equal
+wall-clock; an advantage that grows as the data shrinks and as the model shrinks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from .grid import MULTI_VIEW
+
+PLOTS = ("accuracy_vs_cost", "accuracy_vs_fraction", "accuracy_vs_time")
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def fewshot_mean(ev: dict, classifier: str = "logistic") -> float | None:
+    return next((v[classifier]["mean"] for v in ev.get("fewshot", {}).values() if classifier in v), None)
+
+
+def fewshot_setting(ev: dict) -> str:
+    return next((k for k, v in ev.get("fewshot", {}).items() if "logistic" in v), "few-shot")
+
+
+def _length(r: dict) -> str:
+    return f"{r['budget']:g} s" if r.get("budget") is not None else f"{r['epochs']} epoch{'s' * (r['epochs'] != 1)}"
+
+
+def _group(r: dict) -> tuple:
+    """Cells trained alike: same backbone, data fraction and training length."""
+    return (r["backbone"], r["fraction"], r["mode"], r.get("budget") or r.get("epochs"))
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in rows]
+
+
+def results_table(cells: list[dict]) -> list[str]:
+    rows = []
+    order = sorted(cells, key=lambda r: (r["mode"], r["backbone"], r["fraction"], r.get("budget") or r["epochs"]))
+    for r in order:
+        ev = r["eval"]
+        best = r.get("best_epoch_images_per_s")
+        load = r.get("loadavg_before"), r.get("loadavg_after")
+        rows.append([f"`{r['method']}`", r["backbone"], f"{r['fraction']:g} ({r['train_images']})", _length(r),
+                     f"{r['epochs_done']} / {r['steps_done']}", f"{r['train_seconds']:.0f}",
+                     f"{r['images_per_s'] or 0:.0f}" + (f" ({best:.0f})" if best else ""),
+                     f"{r['peak_mem_mb']:.0f}", f"{r['flops_per_image'] / 1e9:.3f}",
+                     f"{r['flops_per_image'] * r['images_seen'] / 1e12:.3g}",
+                     _pct(ev["knn_top1"]), _pct(ev["linear_top1"]), _pct(fewshot_mean(ev)),
+                     "–" if None in load else f"{load[0]:.1f}→{load[1]:.1f}"])
+    head = ["method", "backbone", "fraction (images)", "training", "epochs / steps", "train s",
+            "images/s (best epoch)", "peak MB", "GFLOPs/image", "total TFLOPs", "kNN %", "linear %",
+            f"{fewshot_setting(cells[0]['eval']) if cells else 'few-shot'} %", "load avg"]
+    return _table(head, rows)
+
+
+def floors_table(floors: dict) -> list[str]:
+    if not floors:
+        return []
+    rows = [[name, _pct(ev["knn_top1"]), _pct(ev["linear_top1"]), _pct(fewshot_mean(ev))] for name, ev in floors.items()]
+    return _table(["features", "kNN %", "linear %", "few-shot %"], rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's claims
+
+
+def _verdict(held: int, total: int) -> str:
+    if total == 0:
+        return "not tested"
+    return "held" if held == total else ("did not hold" if held == 0 else f"mixed ({held} of {total})")
+
+
+def _pairs(cells: list[dict], mode: str | None = None):
+    """(essl result, multi-view result) for every group holding both."""
+    groups = defaultdict(dict)
+    for r in cells:
+        groups[_group(r)][r["method"]] = r
+    for g, by in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if "essl" in by and (mode is None or g[2] == mode):
+            for m in MULTI_VIEW:
+                if m in by:
+                    yield by["essl"], by[m]
+
+
+def _where(r: dict) -> str:
+    return f"{r['backbone']}, fraction {r['fraction']:g}, {_length(r)}"
+
+
+def claim_overhead(cells: list[dict]) -> tuple[str, list[str]]:
+    pairs = list(_pairs(cells))
+    lines, held = [], 0
+    for e, m in pairs:
+        f_ratio = m["flops_per_image"] / e["flops_per_image"]
+        s_ratio = (e["images_per_s"] or 0) / max(m["images_per_s"] or 1e-9, 1e-9)
+        ok = f_ratio > 1 and s_ratio > 1
+        held += ok
+        lines.append(f"  - {_where(e)}: `{m['method']}` needs {f_ratio:.2f}× essl's FLOPs per image; essl trains "
+                     f"{s_ratio:.2f}× as many images/s ({e['images_per_s'] or 0:.0f} vs {m['images_per_s'] or 0:.0f})"
+                     + ("" if ok else " — **not less overhead here**"))
+    return _verdict(held, len(pairs)), lines
+
+
+def claim_accuracy(cells: list[dict], mode: str) -> tuple[str, list[str]]:
+    pairs = list(_pairs(cells, mode))
+    lines, held = [], 0
+    for e, m in pairs:
+        knn = e["eval"]["knn_top1"] - m["eval"]["knn_top1"]
+        lin = e["eval"]["linear_top1"] - m["eval"]["linear_top1"]
+        ok = knn >= 0 and lin >= 0
+        held += ok
+        lines.append(f"  - {_where(e)}: essl − `{m['method']}` = {100 * knn:+.1f} kNN, {100 * lin:+.1f} linear"
+                     + ("" if ok else " — **essl lower here**"))
+    return _verdict(held, len(pairs)), lines
+
+
+def _gaps(cells: list[dict], vary: str) -> dict:
+    """essl's kNN minus the best multi-view method's, per group, grouped by everything but `vary`."""
+    out = defaultdict(dict)
+    by_group = defaultdict(dict)
+    for r in cells:
+        by_group[_group(r)][r["method"]] = r
+    for g, by in by_group.items():
+        others = [by[m]["eval"]["knn_top1"] for m in MULTI_VIEW if m in by]
+        if "essl" not in by or not others:
+            continue
+        backbone, fraction, mode, length = g
+        rest = (mode, length) + ((backbone,) if vary == "fraction" else (fraction,))
+        x = fraction if vary == "fraction" else by["essl"]["flops_per_image"]
+        out[rest][x] = (by["essl"]["eval"]["knn_top1"] - max(others), backbone)
+    return {k: v for k, v in out.items() if len(v) >= 2}
+
+
+def claim_grows(cells: list[dict], vary: str) -> tuple[str, list[str]]:
+    """The gap is larger at the smallest fraction (or cheapest backbone) than at the largest."""
+    lines, held, total = [], 0, 0
+    for rest, series in sorted(_gaps(cells, vary).items(), key=str):
+        xs = sorted(series)
+        small, large = series[xs[0]][0], series[xs[-1]][0]
+        total += 1
+        held += small > large
+        if vary == "fraction":
+            where = f"{rest[2]}, {rest[1]:g} s" if rest[0] == "budget" else f"{rest[2]}, {rest[1]} epochs"
+            pts = ", ".join(f"{x:g}: {100 * series[x][0]:+.1f}" for x in xs)
+            lines.append(f"  - {where}: essl − best multi-view kNN by fraction: {pts}")
+        else:
+            where = f"fraction {rest[2]:g}, " + (f"{rest[1]:g} s" if rest[0] == "budget" else f"{rest[1]} epochs")
+            pts = ", ".join(f"{series[x][1]}: {100 * series[x][0]:+.1f}" for x in xs)
+            lines.append(f"  - {where}: essl − best multi-view kNN, backbones from smallest to largest "
+                         f"(by essl's FLOPs/image): {pts}")
+    return _verdict(held, total), lines
+
+
+def claims_section(cells: list[dict]) -> list[str]:
+    checks = [
+        ("essl has less training overhead than multi-view methods (fewer FLOPs per image and more images/s, "
+         "same backbone, data and training length)", claim_overhead(cells)),
+        ("essl's accuracy is at least the multi-view methods' at equal epochs (kNN and linear)",
+         claim_accuracy(cells, "epochs")),
+        ("essl's accuracy is at least the multi-view methods' at equal wall-clock (kNN and linear)",
+         claim_accuracy(cells, "budget")),
+        ("essl's kNN advantage over the best multi-view method grows as the data shrinks "
+         "(larger at the smallest fraction than at the largest)", claim_grows(cells, "fraction")),
+        ("essl's kNN advantage grows as the model shrinks (larger on the smallest backbone than the largest)",
+         claim_grows(cells, "backbone")),
+    ]
+    lines = ["## The paper's claims on this data", "",
+             "Cao & Wu (arXiv 2404.19289) claim that single-branch essl trains with less overhead than two-branch "
+             "methods at equal or better accuracy, and that its advantage grows as data and model shrink. "
+             "Checked here only on the cells this grid holds, at these (short) training lengths; "
+             "`held` means in every comparison the grid allows.", ""]
+    for text, (verdict, detail) in checks:
+        lines.append(f"- **{verdict}**: {text}." + ("" if detail else " The grid holds no cells to compare."))
+        lines += detail
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def _style(cells: list[dict]):
+    methods = list(dict.fromkeys(r["method"] for r in cells))
+    backbones = list(dict.fromkeys(r["backbone"] for r in cells))
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10"]
+    return ({m: colours(i % 10) for i, m in enumerate(methods)},
+            {b: "osD^vP*X"[i % 8] for i, b in enumerate(backbones)})
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both cost (lower) and accuracy (higher), by increasing cost."""
+    front, best = [], float("-inf")
+    for cost, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((cost, acc))
+            best = acc
+    return front
+
+
+def _grid(plt, n: int, cols: int, w: float = 4.2, h: float = 3.4, rows_of: int | None = None):
+    cols = max(1, min(cols, n))
+    rows = rows_of or -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(w * cols, 7.5), h * rows), squeeze=False)
+    return fig, axes
+
+
+def _log_x(ax, values) -> None:
+    """A log x axis when the values span more than a decade (with labelled decades only), else a linear one."""
+    from matplotlib.ticker import NullFormatter
+
+    values = [v for v in values if v > 0]
+    if values and max(values) > 10 * min(values):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend(fig, colours, markers=None) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", linestyle="-", label=m) for m, c in colours.items()]
+    if markers and len(markers) > 1:
+        handles += [Line2D([], [], color="grey", marker=k, linestyle="", label=b) for b, k in markers.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
+
+
+def plot_cost(cells: list[dict], path: Path, plt) -> None:
+    colours, markers = _style(cells)
+    fractions = sorted({r["fraction"] for r in cells})
+    costs = [("train_seconds", "training wall-clock (s)", 1.0),
+             ("total_flops", "training FLOPs (TFLOPs, counted)", 1e12)]
+    fig, axes = _grid(plt, len(fractions) * 2, len(fractions), rows_of=2)
+    for col, f in enumerate(fractions):
+        here = [r for r in cells if r["fraction"] == f]
+        for row, (key, label, scale) in enumerate(costs):
+            ax = axes[row][col]
+            pts = []
+            for r in here:
+                cost = r["train_seconds"] if key == "train_seconds" else r["flops_per_image"] * r["images_seen"]
+                x, y = cost / scale, 100 * r["eval"]["knn_top1"]
+                pts.append((x, y))
+                ax.scatter(x, y, color=colours[r["method"]], marker=markers[r["backbone"]], s=36, zorder=3,
+                           facecolors="none" if r["mode"] == "budget" else colours[r["method"]])
+            front = _pareto(pts)
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", lw=1, ls="--", drawstyle="steps-post",
+                    zorder=2)
+            ax.scatter([p[0] for p in front], [p[1] for p in front], s=110, facecolors="none", edgecolors="black",
+                       lw=0.8, zorder=2)
+            _log_x(ax, [p[0] for p in pts])
+            ax.set_xlabel(label, fontsize=8)
+            ax.set_ylabel("kNN top-1 (%)", fontsize=8)
+            ax.set_title(f"data fraction {f:g}", fontsize=9)
+            ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy vs cost\nfilled: equal epochs, open: equal wall-clock; ringed and dashed: Pareto front",
+                 fontsize=10)
+    _legend(fig, colours, markers)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_fraction(cells: list[dict], path: Path, plt) -> None:
+    colours, _ = _style(cells)
+    groups = defaultdict(list)
+    for r in cells:
+        groups[(r["backbone"], r["mode"], _length(r))].append(r)
+    keys = sorted(groups, key=lambda g: (-len({r["fraction"] for r in groups[g]}), g))
+    fig, axes = _grid(plt, len(keys), 3)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, g in zip(axes.flat, keys):
+        by_method = defaultdict(list)
+        for r in groups[g]:
+            by_method[r["method"]].append(r)
+        for m, rs in by_method.items():
+            rs.sort(key=lambda r: r["fraction"])
+            xs = [r["fraction"] for r in rs]
+            ax.plot(xs, [100 * r["eval"]["knn_top1"] for r in rs], color=colours[m], marker="o", label=f"{m} kNN")
+            ax.plot(xs, [100 * r["eval"]["linear_top1"] for r in rs], color=colours[m], marker="s", ls=":",
+                    label=f"{m} linear")
+        _log_x(ax, [r["fraction"] for r in groups[g]])
+        ax.set_xlabel("pretraining data fraction", fontsize=8)
+        ax.set_ylabel("top-1 (%)", fontsize=8)
+        ax.set_title(f"{g[0]}, {g[2]}", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy vs pretraining data fraction\nsolid: kNN, dotted: linear probe", fontsize=10)
+    _legend(fig, colours)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_time(cells: list[dict], path: Path, plt) -> None:
+    colours, _ = _style(cells)
+    groups = defaultdict(list)
+    for r in cells:
+        if r.get("curve"):
+            groups[_group(r)].append(r)
+    keys = sorted(groups, key=str)
+    fig, axes = _grid(plt, max(1, len(keys)), 4)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, g in zip(axes.flat, keys):
+        for r in groups[g]:
+            pts = r["curve"]
+            ax.plot([p["seconds"] for p in pts], [100 * p["knn_top1"] for p in pts], color=colours[r["method"]],
+                    marker="o", ms=3, label=r["method"])
+        r0 = groups[g][0]
+        ax.set_title(f"{r0['backbone']}, fraction {r0['fraction']:g}, {_length(r0)}", fontsize=9)
+        ax.set_xlabel("training seconds", fontsize=8)
+        ax.set_ylabel("kNN top-1 (%), curve subsample", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy during training (kNN on a fixed subsample)", fontsize=10)
+    _legend(fig, colours)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(cells: list[dict], folder: Path) -> list[Path]:
+    """The three PNGs; [] when matplotlib is missing (the report says so)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fn in zip(PLOTS, (plot_cost, plot_fraction, plot_time)):
+        path = folder / f"{name}.png"
+        fn(cells, path, plt)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def format_report(results: dict, plots: list[Path]) -> str:
+    b, cells = results["bench"], results["cells"]
+    m, ev = b["machine"], b["eval"]
+    commits = sorted({r.get("commit", "") for r in cells} - {""})
+    sizes = cells[0]["eval"] if cells else {}
+    lines = [f"# leanssl bench: `{b['data']}`, {b['profile']} profile", "",
+             f"- Command: `{b['command']}`" if b.get("command") else "- Command: (Python API)",
+             f"- Machine: {m['cpu']} ({m['cpu_count']} logical cores, {m['torch_threads']} torch threads)"
+             + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f"; torch {m['torch']}, Python {m['python']}.",
+             f"- Code: commit {m['commit']}; report written {time.strftime('%Y-%m-%d %H:%M')}, "
+             f"cells finished {min((r['finished_at'] for r in cells), default='–')} to "
+             f"{max((r['finished_at'] for r in cells), default='–')}.",
+             f"- {len(cells)} of {b['cells_in_grid']} cells finished; batch {b['batch_size']}, seed {b['seed']}.", ""]
+    if results.get("failed"):
+        lines += ["**Unfinished or failed:** " + "; ".join(f"`{f['key']}` ({f['error']})" for f in results["failed"]), ""]
+    lines += ["## How it was measured", "",
+              "- Each cell is one `leanssl train` run in its own process (same loop, data path and defaults as the "
+              "command), then scored on the same labelled images as every other cell.",
+              "- **train s** is the loop's training time (essl's feature calibration included, process start and "
+              "evaluation not); **images/s** = images seen / train s, with the fastest epoch's rate in brackets "
+              "(on a shared machine, the epoch least slowed by other work; see **load avg**, 1-minute load before → "
+              "after training).",
+              "- **peak MB**: the cell process's peak resident memory (CPU) or PyTorch's max allocated GPU memory.",
+              "- **GFLOPs/image**: one training step (forward, backward, bank/queue/teacher update) counted by "
+              "`torch.utils.flop_counter.FlopCounterMode` at the run's batch size, divided by the batch; matrix ops "
+              "only (elementwise ops are not counted). **total TFLOPs** = that × images seen.",
+              f"- **kNN**: cosine, k={ev['knn_k']}, T={ev['knn_t']}, weighted votes. **linear**: logistic regression on "
+              f"frozen standardised features, C chosen among {ev['linear_c_values']} log-spaced values in 1e-5..1e6 on "
+              "a 20% validation split of the labelled images (`leanssl eval` sweeps 45), refit. **few-shot**: "
+              f"{ev['fewshot_ways']}-way {', '.join(map(str, ev['fewshot_shots']))}-shot, logistic classifier, mean of "
+              f"{ev['fewshot_episodes']} episodes (`leanssl eval` runs 600: fewer here to keep the bench cheap).",
+              f"- Labelled images: {sizes.get('eval_train_images', '–')} training (labels) and "
+              f"{sizes.get('eval_test_images', '–')} test images, seeded class-stratified subsets, the same for every "
+              "cell and independent of the pretraining fraction.",
+              f"- Accuracy over time: kNN on a fixed subsample ({sizes.get('curve_train_images', '–')} labelled / "
+              f"{sizes.get('curve_test_images', '–')} test images) of the backbone at the start, after "
+              f"{', '.join(f'{100 * p:g}%' for p in ev['curve_points'])} of the steps (under a time budget: of the "
+              "steps the budget was estimated to hold) and at the end.", ""]
+    if commits:
+        lines += [f"Cells ran at commit(s) {', '.join(commits)}.", ""]
+    lines += ["## Results", ""] + results_table(cells) + [""]
+    if results.get("floors"):
+        lines += ["Floors, on the same labelled images: raw pixels (centred) and each backbone at its random "
+                  "initialisation (the runs' seed).", ""] + floors_table(results["floors"]) + [""]
+    lines += claims_section(cells) + [""]
+    lines += ["## Plots", ""]
+    if plots:
+        lines += [f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots]
+    else:
+        lines.append("Plots skipped: matplotlib is not installed (`pip install 'leanssl[plots]'`).")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, results: dict) -> dict:
+    out = Path(out)
+    plots = write_plots(results["cells"], out / "plots") if results["cells"] else []
+    path = out / "report.md"
+    path.write_text(format_report(results, plots))
+    return {"report": path, "plots": plots}
