@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -30,13 +31,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "cifar100:PATH, stl10:PATH, folder:PATH (or a bare folder), npz:PATH")
     p.add_argument("--method", default="essl",
                    help="essl (default), npid, simclr, mocov2, byol, simsiam, swav, barlow, dino or twist")
-    p.add_argument("--backbone", default="small_cnn", help="small_cnn, resnet18_cifar, resnet50_cifar or any timm model name")
+    p.add_argument("--backbone", default="small_cnn",
+                   help="small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 100; with --budget, a cap)")
     p.add_argument("--budget", type=parse_duration, default=None, metavar="TIME",
                    help="train for this wall-clock time (e.g. 90s, 10m, 1.5h); lr and EMA schedules follow the time")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="global batch (default 256): under torchrun it is split evenly across the processes")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: the method's rate per 256 images x batch/256; essl 0.5)")
+                   help="peak learning rate (default: the method's rate per 256 images x global batch/256; essl 0.5)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--warmup-epochs", type=float, default=2.0)
     p.add_argument("--out", default=None, help="run folder (default runs/<data>-<method>-<backbone>)")
@@ -55,6 +58,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="treat a total gradient norm above this as divergence, like NaN (default: only non-finite)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="also checkpoint every N steps within an epoch (default: every epoch only)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), as in one process")
+    p.add_argument("--dist-timeout", type=parse_duration, default=300.0, metavar="TIME",
+                   help="under torchrun: how long a process waits for another before it stops with an error "
+                        "(default 5m)")
     for flag, (_, typ, help_) in _METHOD_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=help_)
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
@@ -81,7 +89,7 @@ def _train_config(a: argparse.Namespace):
         cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
         method_args={k: v for k, v in method_args.items() if v is not None},
         strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,
-        checkpoint_every=a.checkpoint_every)
+        checkpoint_every=a.checkpoint_every, sync_bn=a.sync_bn, dist_timeout=a.dist_timeout)
 
 
 def parse_duration(text: str) -> float:
@@ -133,13 +141,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainingInterrupted, train
 
     cfg = _train_config(a)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports for all
     try:
         summary = train(cfg, resume=a.resume)
     except TrainingInterrupted as e:
+        if not main:
+            return 128 + signal.Signals[e.summary["interrupted"]]
         _report_skips(e.summary, cfg.out)
         print(f"leanssl: {e.summary['interrupted']}: stopped at step {e.summary['steps_done']}, checkpoint saved in "
               f"{cfg.out} (continue with --resume)", file=sys.stderr)
         return 128 + signal.Signals[e.summary["interrupted"]]  # the shell's convention for "ended by this signal"
+    if not main:
+        return 0
     _report_skips(summary, cfg.out)
     state = "finished" if summary["complete"] else f"stopped after epoch {summary['epochs_done']} (continue with --resume)"
     print(f"{state}: {summary['train_images']} images, {summary['train_seconds']:.1f} s, "

@@ -5,6 +5,17 @@ A run folder holds `config.json`, `log.csv` (per step), `epochs.csv` (per epoch)
 `checkpoint_every` steps and on SIGINT/SIGTERM), `backbone.safetensors` (the clean backbone,
 written at the end) and `summary.json`. A checkpoint taken mid-epoch also holds the epoch's
 generator states, so a resumed run replays the rest of the epoch exactly.
+
+Under torchrun (one process per device, leanssl.distributed) the same loop runs in every process:
+`batch_size` is the global batch, split evenly over the processes, and the learning rate follows
+the global batch (default lr = the method's rate per 256 images x batch_size / 256, whatever the
+number of processes). The method is wrapped in DistributedDataParallel; every process makes the
+random draws of the whole global batch (the epoch's generators, seeded as in one process) and uses
+its own rows, so the run equals one process at the same global batch (with --sync-bn).
+Rank 0 alone reads the checkpoint (and sends it to the others) and writes every file; the logged
+losses are the global batch's. Decisions that depend on the clock or a signal (time budget, stop)
+are agreed between ranks each step, so all of them stop after the same step. The checkpoint holds
+one copy of the replicated state and does not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data.loader import DeviceLoader
 from .data.sources import open_dataset, stratified_subset
 from .errors import LeansslError
@@ -47,8 +59,8 @@ class TrainConfig:
     method: str = "essl"
     backbone: str = "small_cnn"
     epochs: int = 100
-    batch_size: int = 256
-    lr: float | None = None          # None: the method's default_lr x batch/256 (essl: 0.5, the authors' 1.0 at 512)
+    batch_size: int = 256            # the global batch: under torchrun, split evenly across the processes
+    lr: float | None = None          # None: the method's default_lr x (global) batch/256 (essl: 0.5, the authors' 1.0 at 512)
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: float = 2.0
@@ -67,6 +79,8 @@ class TrainConfig:
     grad_norm_limit: float | None = None  # a total gradient norm above this counts as diverged, like NaN
     strict_images: bool = False      # an undecodable image is an error instead of being skipped
     time_budget: float | None = None  # seconds of training; the run ends when they are spent (epochs is then a cap)
+    sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    dist_timeout: float = 300.0      # under torchrun: seconds a collective may wait for another rank before failing
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch_size / 256
@@ -223,16 +237,19 @@ class _GracefulStop:
 class _Logger:
     """Per-step CSV (flushed every log_every steps, so the GPU is synchronised only then) and optional TensorBoard."""
 
-    def __init__(self, out: Path, resume: bool):
+    def __init__(self, out: Path, resume: bool, write: bool = True):
         self.path = out / "log.csv"
-        if not resume or not self.path.exists():
+        self.write = write  # under torchrun only rank 0 writes; the others still take part in flush's all-reduce
+        if write and (not resume or not self.path.exists()):
             self.path.write_text("epoch,step,lr,loss,ce,kl\n")
         self.pending: list[tuple] = []
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tb"))
-        except Exception:  # TensorBoard is optional
-            self.tb = None
+        self.tb = None
+        if write:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(out / "tb"))
+            except Exception:  # TensorBoard is optional
+                self.tb = None
 
     def add(self, epoch: int, step: int, lr: float, loss: torch.Tensor, logs: dict, grad_norm: torch.Tensor) -> None:
         nan = torch.full_like(loss, float("nan"))
@@ -243,13 +260,17 @@ class _Logger:
         """Write the pending rows; returns them as (epoch, step, lr, loss, grad_norm) (one host sync for all)."""
         if not self.pending:
             return []
-        values = torch.stack([p[3] for p in self.pending]).tolist()
-        with open(self.path, "a", newline="") as f:
-            w = csv.writer(f)
-            for (epoch, step, lr, _), (loss, ce, kl, _) in zip(self.pending, values):
-                w.writerow([epoch, step, f"{lr:.6g}", repr(loss), repr(ce), repr(kl)])
-                if self.tb is not None:
-                    self.tb.add_scalar("train/loss", loss, step)
+        values = torch.stack([p[3] for p in self.pending])
+        if distributed.world_size() > 1:  # each rank's loss is its share's mean: the ranks' mean is the global batch's
+            values = torch.cat([distributed.mean_over_ranks(values[:, :3]), values[:, 3:]], dim=1)
+        values = values.tolist()
+        if self.write:
+            with open(self.path, "a", newline="") as f:
+                w = csv.writer(f)
+                for (epoch, step, lr, _), (loss, ce, kl, _) in zip(self.pending, values):
+                    w.writerow([epoch, step, f"{lr:.6g}", repr(loss), repr(ce), repr(kl)])
+                    if self.tb is not None:
+                        self.tb.add_scalar("train/loss", loss, step)
         rows = [(epoch, step, lr, v[0], v[3]) for (epoch, step, lr, _), v in zip(self.pending, values)]
         self.pending = []
         return rows
@@ -260,17 +281,59 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     SIGINT/SIGTERM during the training loop finish the current step, write a checkpoint and the
     summary (with "interrupted" set to the signal's name), then raise TrainingInterrupted.
+    Under torchrun (WORLD_SIZE > 1) the process first joins the others (leanssl.distributed); a rank
+    that dies or hangs makes the others stop with a one-line LeansslError within cfg.dist_timeout.
     """
-    with _GracefulStop() as stop:
-        return _train(cfg, resume, stop)
+    ctx = None
+    if distributed.launched():
+        if not cfg.dist_timeout > 0:
+            raise LeansslError(f"--dist-timeout must be a positive time, got {cfg.dist_timeout} s")
+        ctx = distributed.init_from_env(resolve_device(cfg.device), cfg.dist_timeout)
+    try:
+        with _GracefulStop() as stop:
+            return _train(cfg, resume, stop, ctx)
+    except Exception as e:
+        if ctx is not None and not isinstance(e, LeansslError) and distributed.is_peer_failure(e):
+            raise distributed.peer_failure(e, ctx, Path(cfg.out)) from None
+        raise
+    finally:
+        if ctx is not None:
+            ctx.close()
 
 
-def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
+def _open_run(cfg: TrainConfig, out: Path, ckpt_path: Path, resume: bool) -> dict | None:
+    """The checkpoint state to resume from (checked against cfg), or None for a fresh run."""
+    if not resume:
+        if ckpt_path.exists():
+            raise LeansslError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+        return None
+    if not ckpt_path.is_file():
+        raise LeansslError(f"--resume: no checkpoint in {out} (nothing to resume; drop --resume to start)")
+    state = load_checkpoint(ckpt_path)
+    saved = config_from_dict(state.get("config"), ckpt_path)
+    if cfg.resolution is None:
+        cfg.resolution = saved.resolution
+    diff = [k for k in _RUN_IDENTITY if getattr(saved, k) != getattr(cfg, k)]
+    if diff:
+        raise LeansslError(f"--resume: this run was started with different {', '.join(diff)} "
+                           f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in diff)})")
+    return state
+
+
+def _signum(name: str | None) -> int:
+    return signal.Signals[name].value if name else 0
+
+
+def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed.DistContext | None = None) -> dict:
     out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if ctx is None else ctx.device
+    main = ctx is None or ctx.is_main  # the process that writes files and reports
     torch.manual_seed(cfg.seed)
     if cfg.batch_size < 2:
         raise LeansslError("--batch-size must be at least 2 (BatchNorm needs more than one sample)")
+    if ctx is not None and (cfg.batch_size % ctx.world or cfg.batch_size // ctx.world < 2):
+        raise LeansslError(f"--batch-size {cfg.batch_size} is the global batch: it must split into {ctx.world} "
+                           f"equal shares of at least 2 images, one per process")
     if not 0 < cfg.fraction <= 1:
         raise LeansslError(f"--fraction must be in (0, 1], got {cfg.fraction}")
     if cfg.on_nan not in ("stop", "skip"):
@@ -285,24 +348,21 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
     check_backbone_name(cfg.backbone)
 
     ckpt_path = out / "checkpoint.pt"
-    state = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise LeansslError(f"--resume: no checkpoint in {out} (nothing to resume; drop --resume to start)")
-        state = load_checkpoint(ckpt_path)
-        saved = config_from_dict(state.get("config"), ckpt_path)
-        if cfg.resolution is None:
-            cfg.resolution = saved.resolution
-        diff = [k for k in _RUN_IDENTITY if getattr(saved, k) != getattr(cfg, k)]
-        if diff:
-            raise LeansslError(f"--resume: this run was started with different {', '.join(diff)} "
-                               f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in diff)})")
-    elif ckpt_path.exists():
-        raise LeansslError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+    if ctx is None:
+        state = _open_run(cfg, out, ckpt_path, resume)
+    else:  # rank 0 reads the checkpoint and sends it: the run folder need not be shared between machines
+        state = ctx.on_main(lambda: _open_run(cfg, out, ckpt_path, resume))
+        if state is not None and cfg.resolution is None:
+            cfg.resolution = state["config"]["resolution"]
 
-    ds = open_dataset(cfg.data, cfg.resolution, cfg.cache_dir, strict=cfg.strict_images, progress=cfg.progress)
+    def open_data():
+        first = ctx is None or ctx.local_rank == 0
+        return open_dataset(cfg.data, cfg.resolution, cfg.cache_dir, strict=cfg.strict_images,
+                            progress=cfg.progress and first)
+
+    ds = open_data() if ctx is None else ctx.main_first(open_data)  # one decode per machine
     cfg.resolution = ds.resolution
-    if ds.skipped:
+    if ds.skipped and main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in ds.skipped))
         print(f"leanssl: skipped {len(ds.skipped)} undecodable image(s), listed in {out / 'skipped.txt'}", file=sys.stderr)
@@ -313,12 +373,16 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
         raise LeansslError(f"only {len(x)} training images but --batch-size {cfg.batch_size}: lower the batch size")
     info = DataInfo(len(x), ds.channels, ds.resolution, tuple(ds.mean), tuple(ds.std))
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    (out / "data.json").write_text(json.dumps(asdict(info), indent=2))
-    method = build_method(cfg, info).to(device, memory_format=torch.channels_last)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        (out / "data.json").write_text(json.dumps(asdict(info), indent=2))
+    method = build_method(cfg, info)
+    if ctx is not None and cfg.sync_bn:
+        method = distributed.convert_sync_batchnorm(method, device)
+    method = method.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(param_groups(method, cfg.weight_decay), lr=cfg.base_lr(), momentum=cfg.momentum)
-    loader = DeviceLoader(x, device)
+    loader = DeviceLoader(x, device) if ctx is None else DeviceLoader(x, device, rank=ctx.rank, world=ctx.world)
     steps_per_epoch = loader.steps_per_epoch(cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -333,16 +397,21 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
         torch.set_rng_state(state["torch_rng"])
         # A killed run may have logged steps after its checkpoint: they are replayed, so drop them.
         resume_step = start_epoch * steps_per_epoch + state.get("step_in_epoch", 0)
-        _truncate_csv(out / "log.csv", lambda r: int(r["step"]) < resume_step)
-        _truncate_csv(out / "epochs.csv", lambda r: int(r["epoch"]) <= start_epoch)
+        if main:
+            _truncate_csv(out / "log.csv", lambda r: int(r["step"]) < resume_step)
+            _truncate_csv(out / "epochs.csv", lambda r: int(r["epoch"]) <= start_epoch)
     else:
         t0 = time.perf_counter()
-        method.setup(loader, cfg.batch_size)
+        method.setup(loader, cfg.batch_size)  # under torchrun: each rank calibrates its share, banks all-gathered
         elapsed = time.perf_counter() - t0
+    signum = 0  # under torchrun: a signal some rank received, once the ranks have agreed on it
+    if ctx is not None:
+        signum, elapsed = ctx.agree(_signum(stop.signal), elapsed)
+    model = None if ctx is None else distributed.wrap(method, ctx)  # DistributedDataParallel
 
-    logger = _Logger(out, resume=state is not None)
+    logger = _Logger(out, resume=state is not None, write=main)
     epochs_csv = out / "epochs.csv"
-    if state is None:
+    if state is None and main:
         epochs_csv.write_text("epoch,loss,seconds,images_per_s,peak_mem_mb\n")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
@@ -367,14 +436,20 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
             gen.set_state(state["gen_state"])
             rng.bit_generator.state = state["np_rng_state"]
         t_epoch = time.perf_counter()
-        bar = tqdm(loader.epoch(cfg.batch_size, cfg.seed * 7919 + epoch, start=first), initial=first, total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}" + (f"/{cfg.epochs}" if cfg.time_budget is None else f" ({_budget_left(cfg, elapsed)} left)"), disable=None if cfg.progress else True, leave=False, unit="batch")
+        batches = (loader.epoch if ctx is None else loader.shards)(cfg.batch_size, cfg.seed * 7919 + epoch, start=first)
+        bar = tqdm(batches, initial=first, total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}" + (f"/{cfg.epochs}" if cfg.time_budget is None else f" ({_budget_left(cfg, elapsed)} left)"), disable=None if cfg.progress and main else True, leave=False, unit="batch")
         interrupted = budget_spent = False
-        for i, (xb, idx) in enumerate(bar, start=first):
+        for i, batch in enumerate(bar, start=first):
+            xb, idx = batch[0], batch[1]
             step = epoch * steps_per_epoch + i
+            if ctx is not None:  # one clock and one stop signal for every rank (a Gloo all-reduce on the host)
+                now = elapsed + seconds_before + time.perf_counter() - t_epoch
+                signum, spent = ctx.agree(_signum(stop.signal), now)
             if cfg.time_budget is not None:
                 # Schedules follow the time spent: the steps the budget will hold, extrapolated from the rate so far.
-                spent = elapsed + seconds_before + time.perf_counter() - t_epoch
+                if ctx is None:
+                    spent = elapsed + seconds_before + time.perf_counter() - t_epoch
                 if spent >= cfg.time_budget:
                     budget_spent = True
                     break
@@ -388,13 +463,18 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
             saved_stats = [b.clone() for b in norm_stats] if cfg.on_nan == "skip" else None
             method.set_progress(step, total_steps, steps_per_epoch)
             with autocast:
-                loss, logs = method.training_step(xb, idx, gen, rng)
+                if model is None:
+                    loss, logs = method.training_step(xb, idx, gen, rng)
+                else:  # this rank's share of the global batch, whose indices the method may need (bank columns)
+                    with distributed.sharded(distributed.BatchShard(ctx.rank, ctx.world, batch[2])):
+                        loss, logs = model(xb, idx, gen, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             why = None
             if cfg.on_nan == "skip":  # decided per step, so one host sync per step in this mode only
-                why = _divergence(*torch.stack([loss.detach().float(), grad_norm.float()]).tolist(), cfg.grad_norm_limit)
+                check = torch.stack([distributed.mean_over_ranks(loss.detach().float()), grad_norm.float()])
+                why = _divergence(*check.tolist(), cfg.grad_norm_limit)
             if why is None:
                 opt.step()
                 method.after_step()
@@ -404,11 +484,13 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
                 for b, saved in zip(norm_stats, saved_stats):
                     b.copy_(saved)
                 skipped_steps, skips_in_a_row = skipped_steps + 1, skips_in_a_row + 1
-                tqdm.write(f"leanssl: step {step}: {why}; batch skipped (--on-nan skip)", file=sys.stderr)
+                if main:
+                    tqdm.write(f"leanssl: step {step}: {why}; batch skipped (--on-nan skip)", file=sys.stderr)
                 if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
                     raise _diverged(f"{skips_in_a_row} batches in a row diverged (the last: {why})", step, epoch, lr,
                                     device, ckpt_path)
-            interrupted = stop.signal is not None  # read once: a signal arriving later is handled after the next step
+            # read once: a signal arriving later is handled after the next step (under torchrun: the agreed one)
+            interrupted = stop.signal is not None if ctx is None else signum != 0
             end_of_epoch = i + 1 == steps_per_epoch
             save_now = not end_of_epoch and (interrupted or
                                              (cfg.checkpoint_every is not None and (step + 1) % cfg.checkpoint_every == 0))
@@ -420,7 +502,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
                     rate = (i + 1 - first) * cfg.batch_size / (time.perf_counter() - t_epoch)
                     bar.set_postfix(loss=f"{rows[-1][3]:.4f}", img_s=f"{rate:.0f}")
             if save_now:
-                _save_checkpoint(ckpt_path, method, opt, cfg, epoch=epoch, step_in_epoch=i + 1, loss=last_loss,
+                _save_checkpoint(ckpt_path, method, opt, cfg, ctx, epoch=epoch, step_in_epoch=i + 1, loss=last_loss,
                                  elapsed=elapsed, skipped_steps=skipped_steps, gen_state=gen.get_state(),
                                  np_rng_state=rng.bit_generator.state, epoch_losses=losses, images_seen=images_seen,
                                  epoch_seconds=seconds_before + time.perf_counter() - t_epoch)
@@ -435,24 +517,28 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
         steps_in_epoch = i if budget_spent else steps_per_epoch
         seconds = seconds_before + time.perf_counter() - t_epoch
         elapsed += seconds
+        if ctx is not None:  # the ranks' clocks differ a little: they go on with the slowest one's
+            signum, elapsed = ctx.agree(_signum(stop.signal), elapsed)
         images_seen += steps_in_epoch * cfg.batch_size
         budget_spent = budget_spent or (cfg.time_budget is not None and elapsed >= cfg.time_budget)
         last_loss = float(np.mean(losses)) if losses else float("nan")
         rate = (steps_in_epoch - first) * cfg.batch_size / max(seconds - seconds_before, 1e-9)
-        with open(epochs_csv, "a") as f:
-            f.write(f"{epoch + 1},{last_loss:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
-        if cfg.progress:
+        if main:
+            with open(epochs_csv, "a") as f:
+                f.write(f"{epoch + 1},{last_loss:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
+        if cfg.progress and main:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {last_loss:.4f}  {rate:.0f} img/s  {seconds:.1f}s")
-        _save_checkpoint(ckpt_path, method, opt, cfg, epoch=epoch + 1, step_in_epoch=0, loss=last_loss, elapsed=elapsed,
-                         skipped_steps=skipped_steps, images_seen=images_seen)
+        _save_checkpoint(ckpt_path, method, opt, cfg, ctx, epoch=epoch + 1, step_in_epoch=0, loss=last_loss,
+                         elapsed=elapsed, skipped_steps=skipped_steps, images_seen=images_seen)
         epochs_done = epoch + 1
-        if stop.signal is not None or budget_spent:
+        if (stop.signal is not None if ctx is None else signum != 0) or budget_spent:
             break
     stop.armed = False
 
     done = epochs_done >= cfg.epochs or (cfg.time_budget is not None and elapsed >= cfg.time_budget)
-    if done:
+    if done and main:
         save_file({k: v.contiguous() for k, v in method.backbone.state_dict().items()}, str(out / "backbone.safetensors"))
+    interrupted_by = stop.signal if ctx is None else (signal.Signals(signum).name if signum else None)
     summary = {"method": cfg.method, "backbone": cfg.backbone, "data": cfg.data, "fraction": cfg.fraction,
                "train_images": len(x), "epochs_done": epochs_done, "steps_done": steps_done, "epochs": cfg.epochs,
                "complete": done,
@@ -460,9 +546,11 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop) -> dict:
                "images_seen": images_seen, "time_budget": cfg.time_budget,
                "images_per_s": (images_seen / elapsed) if elapsed and images_seen else None,
                "peak_mem_mb": peak_memory_mb(device), "device": str(device),
-               "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": stop.signal}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if stop.signal is not None:
+               "processes": 1 if ctx is None else ctx.world,
+               "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": interrupted_by}
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if interrupted_by is not None:
         raise TrainingInterrupted(summary)
     return summary
 
@@ -509,8 +597,17 @@ def _check_rows(rows: list[tuple], limit: float | None, device: torch.device, ck
             raise _diverged(why, step, epoch, lr, device, ckpt)
 
 
-def _save_checkpoint(path: Path, method, opt, cfg: TrainConfig, **progress) -> None:
-    """Everything needed to resume; `progress` says where (epoch, step_in_epoch, and mid-epoch the generator states)."""
+def _save_checkpoint(path: Path, method, opt, cfg: TrainConfig, ctx: distributed.DistContext | None = None,
+                     **progress) -> None:
+    """Everything needed to resume; `progress` says where (epoch, step_in_epoch, and mid-epoch the generator states).
+
+    Under torchrun the ranks first check that their replicas agree, then rank 0 alone writes, and
+    every rank learns whether it could (a full disk stops them all).
+    """
+    if ctx is not None:
+        ctx.check_replicas(method)
+        ctx.on_main(lambda: _save_checkpoint(path, method, opt, cfg, **progress))
+        return
     state = {"model": method.state_dict(), "optimizer": opt.state_dict(), "config": asdict(cfg),
              "torch_rng": torch.get_rng_state(), **progress}
     try:

@@ -6,7 +6,9 @@ on whatever device the batch lives on. There is no Python loop over samples and 
 (``.item()``, boolean indexing, host-to-device copies) in the hot path: every per-sample decision
 is a tensor, and "sample i skips op X" is a neutral factor or a 0/1 ``lerp`` weight (exact, and
 much faster than ``torch.where`` on CPU), so every sample costs the same work. Every random draw
-goes through the caller's ``torch.Generator``.
+goes through the caller's ``torch.Generator``. In a torchrun job (one process per device) each
+process draws the parameters of the whole global batch and keeps its own rows, so the views do not
+depend on how many processes share the batch (``leanssl.distributed.BatchShard``).
 
 Semantics follow torchvision (``transforms.v2``) op by op; the differences are listed here:
 
@@ -29,11 +31,12 @@ Semantics follow torchvision (``transforms.v2``) op by op; the differences are l
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
+from leanssl.distributed import batch_shard
 from leanssl.errors import LeansslError
 
 __all__ = [
@@ -118,6 +121,10 @@ class AugParams:
     blur: torch.Tensor  # (B,) bool
     sigma: torch.Tensor  # (B,) blur sigma in output pixels
     solarize: torch.Tensor  # (B,) bool
+
+    def select(self, rows: torch.Tensor) -> "AugParams":
+        """The parameters of the given rows."""
+        return AugParams(*(getattr(self, f.name)[rows] for f in fields(self)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +495,15 @@ class BatchAugment:
         self._check(x)
         if generator is not None and generator.device.type != x.device.type:
             raise LeansslError(f"augmentation generator is on {generator.device}, the batch on {x.device}")
-        params = self.sample_params(x, generator, size=size, scale=scale)
+        shard = batch_shard()
+        if shard is None:
+            params = self.sample_params(x, generator, size=size, scale=scale)
+        else:
+            # One process of several (torchrun): draw for the global batch, as one process would, and
+            # keep this rank's rows; the expanded view only lends its shape and device to the draws.
+            rows, total = shard.rows(x.shape[0], x.device)
+            whole = x[:1].expand(total, *x.shape[1:])
+            params = self.sample_params(whole, generator, size=size, scale=scale).select(rows)
         return self.apply(x, params, size=size, scale=scale)
 
     def plain(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:

@@ -2,6 +2,10 @@
 
 Small data sets (below `resident_bytes`) are copied to the device once, so a batch is one
 index-select there; larger ones are gathered from the memory-mapped cache batch by batch.
+
+In a torchrun job each process has a loader over the whole data set with its `rank` and `world`:
+every process draws the same global batches and gathers only its own contiguous share of each, so
+the shards of a step are disjoint and together are the batch one process would train on.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import torch
 
 
 class DeviceLoader:
-    def __init__(self, x: np.ndarray, device: torch.device | str, resident_bytes: int = 4 << 30):
+    def __init__(self, x: np.ndarray, device: torch.device | str, resident_bytes: int = 4 << 30,
+                 rank: int = 0, world: int = 1):
         self.x = x
         self.device = torch.device(device)
+        self.rank, self.world = rank, world
         self.resident = torch.from_numpy(np.array(x)).to(self.device) if x.nbytes <= resident_bytes else None
 
     def __len__(self) -> int:
@@ -39,25 +45,48 @@ class DeviceLoader:
         """A seeded random pass that drops the last partial batch (its images differ every epoch).
 
         The order depends only on `epoch_seed`, so a resumed run sees the same batches; `start`
-        skips the first batches (a run resumed mid-epoch), without reading them.
+        skips the first batches (a run resumed mid-epoch), without reading them. With world > 1,
+        `batch_size` is the global batch and this process gets its share of each (see `shards`).
+        """
+        for x, idx, _ in self.shards(batch_size, epoch_seed, start):
+            yield x, idx
+
+    def shards(self, batch_size: int, epoch_seed: int,
+               start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """`epoch`'s batches as (this process's images, their indices, the global batch's indices).
+
+        Global batch i is perm[i·B : (i+1)·B] on every process; process r takes its rows
+        r·B/world .. (r+1)·B/world (B must be a multiple of world). The dropped tail is the same
+        as in one process: the bank still sees every image, since the tail changes every epoch.
         """
         g = torch.Generator().manual_seed(epoch_seed)
         perm = torch.randperm(len(self), generator=g)
+        local = batch_size // self.world
         for i in range(start, len(self) // batch_size):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            yield self.gather(idx), idx.to(self.device)
+            batch = perm[i * batch_size:(i + 1) * batch_size]
+            if self.world == 1:
+                idx = batch.to(self.device)
+                yield self.gather(batch), idx, idx
+            else:
+                idx = batch[self.rank * local:(self.rank + 1) * local]
+                yield self.gather(idx), idx.to(self.device), batch.to(self.device)
 
     def ordered(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every image once, in order, the last partial batch included.
 
         A last batch of one image joins the one before: BatchNorm in train mode (feature
-        calibration) cannot normalise a batch of one.
+        calibration) cannot normalise a batch of one. With world > 1 each batch is split into
+        `world` contiguous shares and this process gets its own, so together the processes cover
+        every image exactly once; a last batch with fewer than 2 images per process joins the one
+        before.
         """
         starts = list(range(0, len(self), batch_size))
-        if len(starts) > 1 and len(self) - starts[-1] == 1:
+        if len(starts) > 1 and len(self) - starts[-1] < 2 * self.world:
             starts.pop()
         for start, end in zip(starts, starts[1:] + [len(self)]):
             idx = torch.arange(start, end)
+            if self.world > 1:
+                idx = idx.tensor_split(self.world)[self.rank]
             yield self.gather(idx), idx.to(self.device)
 
     def steps_per_epoch(self, batch_size: int) -> int:

@@ -14,6 +14,8 @@ Deviations: LARS (lr 0.2·B/256 for weights, 0.0048·B/256 for biases and BN, wd
 replaced by the loop's SGD. The loss is a sum over dim² entries, so its gradient is large next to
 the other methods': `scale` multiplies it (1: the paper; solo-learn's CIFAR recipe uses 0.1, the
 first release of the authors' code 1/32) — lower it, or the learning rate, if SGD diverges.
+Under torchrun C is summed over ranks (all-reduced, with gradient) and divided by the global batch,
+as in the authors' code; the standardisation is per rank unless --sync-bn (theirs is per GPU too).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
 from ..models.heads import mlp
 from .base import Method
 from .common import by_size, byol_crop_colour, byol_views
@@ -36,8 +39,9 @@ class BarlowConfig:
 
 
 def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor:
-    """Σ(1 − C_ii)² + λ·Σ_{i≠j} C_ij² with C = z1ᵀ z2 / B; z1, z2 already standardised per dimension."""
-    c = (z1.t() @ z2).float() / z1.shape[0]
+    """Σ(1 − C_ii)² + λ·Σ_{i≠j} C_ij² with C = z1ᵀ z2 / B; z1, z2 already standardised per dimension.
+    Under torchrun B is the global batch and C sums every rank's rows."""
+    c = distributed.sum_over_ranks((z1.t() @ z2).float(), grad=True) / (z1.shape[0] * distributed.world_size())
     diag = torch.diagonal(c)
     on = (1 - diag).pow(2).sum()
     off = c.pow(2).sum() - diag.pow(2).sum()

@@ -3,6 +3,10 @@
 A method is an `nn.Module` that owns its backbone, heads, views and state (bank, teacher, queue).
 The loop calls `setup` once, `training_step` for every batch, then `after_step` after the
 optimiser step; everything in the method's state dict is checkpointed and restored.
+
+Under torchrun every process holds a full replica: the loop wraps the method in
+DistributedDataParallel (its `forward` is `training_step`), and the method keeps its own state
+(bank, queue, centre) equal on every rank by combining the ranks' rows (leanssl.distributed).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class Method(nn.Module):
     step: int = 0
     total_steps: int = 1
     steps_per_epoch: int = 1
+    # Under torchrun: whether some trainable parameter may get no gradient in a step (a layer frozen for
+    # a while); DistributedDataParallel must then look for such parameters every step.
+    ddp_find_unused: bool = False
 
     def __init__(self, backbone: nn.Module, data: DataInfo, aug: AugConfig | None = None):
         super().__init__()
@@ -52,6 +59,15 @@ class Method(nn.Module):
         are the epoch's random streams; every random draw goes through them.
         """
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, rng) -> tuple[torch.Tensor, dict]:
+        """`training_step`, as the module's forward, so DistributedDataParallel can wrap a method.
+
+        Under torchrun `x` and `idx` are this process's share of the global batch; methods whose loss
+        or state spans the batch (negatives, queues, banks, batch statistics) read the global batch
+        from `leanssl.distributed.batch_shard()` and combine ranks with the helpers there.
+        """
+        return self.training_step(x, idx, gen, rng)
 
     def set_progress(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
         """Called by the loop before every `training_step` (fresh or resumed run alike)."""

@@ -13,6 +13,8 @@ Views (the paper's asymmetric pair): crop scale (0.08, 1), jitter (0.4, 0.4, 0.2
 grayscale 0.2, blur p 1.0 / 0.1, solarise p 0 / 0.2; no blur at ≤ 32 px (the CIFAR recipes).
 Each view passes the networks on its own (BatchNorm per view), as in the paper's code.
 Deviations: LARS (lr 0.2·B/256, wd 1.5e-6, bias/BN excluded) is replaced by the loop's SGD.
+Under torchrun nothing is gathered: the loss is a mean over samples and the target, an EMA of the
+synchronised online weights, is the same on every rank (the paper's cross-replica BatchNorm: --sync-bn).
 """
 
 from __future__ import annotations

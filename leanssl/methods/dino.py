@@ -26,6 +26,8 @@ Deviations: gradient clipping at norm 3 and the weight-decay schedule are not ap
 loop clips nothing and keeps weight decay constant; the ResNet-50 run's wd is constant 1e-4, its
 SGD lr 0.03·B/256). The head's Linear layers keep PyTorch's initialisation (DINO: truncated normal,
 std 0.02). The exported backbone is the student's; DINO evaluates the teacher.
+Under torchrun the centre is updated with the global batch's mean teacher output (all-reduced, as in
+DINO's code), so it stays equal on every rank; the teacher is an EMA of the synchronised student.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
 from .base import Method
@@ -88,6 +91,7 @@ class DINO(Method):
     name = "dino"
     Config = DinoConfig
     default_lr = 0.03  # per 256 images: the authors' SGD recipe for ResNets, 0.03·B/256
+    ddp_find_unused = True  # the last layer gets no gradient in the first epoch
 
     def __init__(self, backbone, data, cfg: DinoConfig | None = None, aug=None):
         cfg = cfg or self.Config()
@@ -119,7 +123,7 @@ class DINO(Method):
         with torch.no_grad():
             teacher = self.teacher_head(encode_by_size(self.teacher_backbone, globals_)).float()
         loss = dino_loss(list(student), list(teacher.chunk(2)), self.center, cfg.student_temp, self.teacher_temp())
-        self._pending = teacher.mean(dim=0, keepdim=True)
+        self._pending = distributed.batch_mean(teacher).unsqueeze(0)  # the global batch's, under torchrun
         return loss, {}
 
     @torch.no_grad()

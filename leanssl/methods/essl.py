@@ -8,6 +8,14 @@ memory bank of L2-normalised features (see DESIGN.md §2 for the formulas):
 
 then the bank rows are updated without gradient, by EMA or by the paper's gradient step.
 Every addition can be switched off; `npid` is this method with all of them off.
+
+Under torchrun every rank holds the whole bank and keeps it equal to the others': the columns C
+are drawn from the global batch with the step's shared generator (the same on every rank), each
+rank scores its own rows against them, and the update uses every rank's rows (the ema rule
+all-gathers features, the grad rule averages dL/dW[C] over ranks); the calibration pass is split
+across ranks and all-gathered. A G-process run then equals one process at the same global batch,
+except for CutMix, which pairs images within each rank's share (as timm's Mixup and the authors'
+DDP code do): moving pixels between devices every step would cost more than it buys.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..bank import MemoryBank
 from ..errors import LeansslError
 from ..models.heads import mlp
@@ -54,7 +63,8 @@ def cutmix(v: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.G
     """Paste a box of image π(r) into image r. Returns the mixed batch, π and λ (the kept area).
 
     λ ~ Beta(α, α) and the box come from the host RNG, so no device sync is needed; λ is then
-    corrected to the box's true area after clipping at the border.
+    corrected to the box's true area after clipping at the border. Under torchrun π permutes each
+    rank's rows (one permutation per rank, all drawn on every rank so the generators stay in step).
     """
     b, _, h, w = v.shape
     lam = rng.beta(alpha, alpha)
@@ -63,7 +73,11 @@ def cutmix(v: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.G
     cy, cx = rng.integers(h), rng.integers(w)
     y1, y2 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
     x1, x2 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    perm = torch.randperm(b, generator=gen, device=v.device)
+    shard = distributed.batch_shard()
+    if shard is None:
+        perm = torch.randperm(b, generator=gen, device=v.device)
+    else:
+        perm = torch.rand(shard.world, b, generator=gen, device=v.device).argsort(dim=1)[shard.rank]
     mixed = v.clone()
     mixed[:, :, y1:y2, x1:x2] = v[perm, :, y1:y2, x1:x2]
     lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
@@ -99,21 +113,26 @@ class ESSL(Method):
             return
         saved = {k: v.clone() for k, v in self.state_dict().items() if "running_" in k or "num_batches" in k}
         self.train()
-        for x, idx in loader.ordered(batch_size):
-            self.bank.write(idx, self.embed(self.augment.plain(x)))
+        for x, idx in loader.ordered(batch_size):  # under torchrun: this rank's share of each batch
+            z = self.embed(self.augment.plain(x))
+            self.bank.write(distributed.gather_uneven(idx), distributed.gather_uneven(z))  # every rank's rows
         self.load_state_dict(saved, strict=False)
 
     def training_step(self, x, idx, gen, rng):
         cfg = self.cfg
         v = self.augment(x, gen)
         b = v.shape[0]
-        rows = torch.arange(b, device=v.device)
+        # Under torchrun the columns come from the global batch and this rank's rows target theirs.
+        shard = distributed.batch_shard()
+        batch_idx, offset = (idx, 0) if shard is None else (shard.global_idx, shard.offset)
+        rows = torch.arange(offset, offset + b, device=v.device)
         perm, lam = rows, 1.0
         if cfg.cutmix_alpha > 0:
             v, perm, lam = cutmix(v, cfg.cutmix_alpha, rng, gen)
+            perm = perm + offset
         z = self.embed(v)
 
-        cols = self.bank.columns(idx, cfg.negatives, gen)
+        cols = self.bank.columns(batch_idx, cfg.negatives, gen)
         w = self.bank.weight[cols]  # a copy: the bank itself is only changed in after_step
         if cfg.bank_update == "grad":
             w.requires_grad_(True)  # its gradient comes out of the same backward pass
@@ -126,15 +145,17 @@ class ESSL(Method):
             kl = sqrt_kl(s_kl)
             loss = loss + cfg.kl_weight * kl
             logs["kl"] = kl.detach()
-        self._pending = (idx, cols, w, z.detach(), perm, lam)
+        self._pending = (batch_idx, cols, w, z.detach(), perm, lam)
         return loss, logs
 
     @torch.no_grad()
     def after_step(self) -> None:
-        idx, cols, w, z, _, _ = self._pending
+        batch_idx, cols, w, z, _, _ = self._pending
         self._pending = None
         if self.cfg.bank_update == "ema":
-            self.bank.update_ema(idx, z, self.cfg.bank_momentum)
+            # Every rank's features reach every rank's bank (rank order = the global batch's order).
+            self.bank.update_ema(batch_idx, distributed.gather(z), self.cfg.bank_momentum)
         elif w.grad is not None:
-            # autograd gives the batch-mean gradient; x B for the summed convention of bank_lr.
-            self.bank.update_grad(cols, w.grad * z.shape[0], self.cfg.bank_lr)
+            # autograd gives the batch-mean gradient (of each rank's share: averaged over ranks, the
+            # global batch's); x B for the summed convention of bank_lr.
+            self.bank.update_grad(cols, distributed.mean_over_ranks(w.grad) * batch_idx.numel(), self.cfg.bank_lr)

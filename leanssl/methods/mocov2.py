@@ -20,6 +20,10 @@ At ≤ 32 px, the authors' CIFAR-10 demo: K = 4096, m = 0.99, τ = 0.1 (SGD lr 0
 Above, ImageNet: K = 65536, m = 0.999, τ = 0.2 (SGD lr 0.03·B/256, wd 1e-4). Views: crop scale
 (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5 above 32 px (AugConfig's defaults).
 Deviations: none in the loss; the learning rate is the loop's (pass --lr for the recipe's).
+Under torchrun, as in MoCo's code, the queue receives every rank's keys (all-gathered; one queue,
+equal on every rank) while each query scores its own key and the queue. Shuffle BN stays per rank:
+each rank splits its share into bn_splits / G groups (at least 1), so a group keeps B / bn_splits
+keys as in one process, and with G ≥ bn_splits it is MoCo's own per-GPU BatchNorm.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..models.heads import mlp
 from .base import Method
 from .common import by_size, ema_update, frozen_copy
@@ -77,7 +82,8 @@ class MoCoV2(Method):
     def keys(self, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Key features with shuffle BN: permute, normalise in groups, un-permute."""
         perm = torch.randperm(v.shape[0], generator=gen, device=v.device)
-        groups = perm.chunk(max(1, min(self.cfg.bn_splits, v.shape[0] // 2)))  # >= 2 samples per group
+        splits = max(1, self.cfg.bn_splits // distributed.world_size())  # per rank: B / bn_splits keys a group
+        groups = perm.chunk(max(1, min(splits, v.shape[0] // 2)))  # >= 2 samples per group
         k = torch.cat([self.key_head(self.key_backbone(v[g])) for g in groups])
         return F.normalize(torch.empty_like(k).index_copy_(0, perm, k).float(), dim=1)
 
@@ -87,7 +93,8 @@ class MoCoV2(Method):
         k = self.keys(vk, gen)
         logits = moco_logits(q, k, self.queue, self.queue_idx, idx, self.tau)
         loss = F.cross_entropy(logits, torch.zeros_like(idx))
-        self._pending = (k, idx)
+        shard = distributed.batch_shard()
+        self._pending = (k, idx if shard is None else shard.global_idx)
         return loss, {}
 
     @torch.no_grad()
@@ -95,7 +102,7 @@ class MoCoV2(Method):
         k, idx = self._pending
         self._pending = None
         ema_update([self.key_backbone, self.key_head], [self.backbone, self.head], self.momentum)
-        self.enqueue(k, idx)
+        self.enqueue(distributed.gather(k), idx)  # every rank's keys, in the global batch's order
 
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor, idx: torch.Tensor) -> None:

@@ -14,6 +14,9 @@ Defaults and where they come from:
 - both views go through the backbone as one 2B batch (BatchNorm over 2B), as in the TF code.
 Deviations: LARS (lr 0.3·B/256 ImageNet, 1.0 at B 512 CIFAR) is replaced by the loop's SGD; the
 TF code's BatchNorm on the projection output (scale only) is left out, as in the paper's g(h).
+Under torchrun the negatives are the whole global batch, as in the TF code's cross-replica
+concatenation: each rank scores its 2B/G anchors against every rank's embeddings, gathered with
+gradient (use --sync-bn for the paper's global BatchNorm).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
 from .base import Method
@@ -37,13 +41,24 @@ class SimclrConfig:
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
-    """Mean NT-Xent over the 2B anchors: softmax over the 2B − 1 others, the twin view is the target."""
+    """Mean NT-Xent over the 2B anchors: softmax over the 2B − 1 others, the twin view is the target.
+
+    Under torchrun the anchors are this rank's 2B and the others are all 2B·G − 1 embeddings of the
+    global batch (gathered with gradient); the ranks' mean of this loss is the global batch's.
+    """
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     n = z.shape[0]
-    s = (z @ z.t()).float() / tau
-    s = s.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))  # not its own negative
-    twin = torch.arange(n, device=z.device).roll(n // 2)  # i <-> i ± B
-    return F.cross_entropy(s, twin)
+    if distributed.world_size() == 1:
+        s = (z @ z.t()).float() / tau
+        s = s.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))  # not its own negative
+        twin = torch.arange(n, device=z.device).roll(n // 2)  # i <-> i ± B
+        return F.cross_entropy(s, twin)
+    keys = distributed.gather(z, grad=True)  # (G·2B, d), rank-major: rank r's rows are r·2B .. (r+1)·2B
+    mine = torch.arange(n, device=z.device) + distributed.rank() * n
+    s = (z @ keys.t()).float() / tau
+    own = torch.zeros_like(s, dtype=torch.bool).scatter_(1, mine.unsqueeze(1), True)
+    s = s.masked_fill(own, float("-inf"))
+    return F.cross_entropy(s, mine.roll(n // 2))
 
 
 class SimCLR(Method):

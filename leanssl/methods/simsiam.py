@@ -12,7 +12,8 @@ Predictor dim → 512 → dim, BN-ReLU in the bottleneck only. Views: MoCo v2's 
 jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5 above 32 px). Each view passes the
 network on its own. Recipe: SGD lr 0.05·B/256 (ImageNet, wd 1e-4) or 0.03·B/256 (CIFAR, wd 5e-4).
 Deviation: the paper keeps the predictor's learning rate fixed (not decayed); the shared loop
-decays every parameter group alike.
+decays every parameter group alike. Under torchrun nothing is gathered (a per-sample loss); the
+paper's 8-GPU runs use SyncBatchNorm: --sync-bn.
 """
 
 from __future__ import annotations

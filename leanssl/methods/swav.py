@@ -20,6 +20,10 @@ hidden_mlp is the backbone width D); 3000 prototypes, τ 0.1, ε 0.05, 3 Sinkhor
 published recipe) the local crops are half the side (16 px at 32 px) and there is no blur.
 Deviations: LARS (lr 0.6 at B 256, wd 1e-6) is replaced by the loop's SGD. The queue's "is it full"
 test is counted on the host from the step number (no device sync), not read from the queue.
+Under torchrun the global crops' embeddings are all-gathered (no gradient, B·G × dim per crop): every
+rank computes the codes of the whole global batch, as SwAV's distributed Sinkhorn does with its
+all-reduces, keeps its own rows, and pushes the whole global batch into one queue, equal on every
+rank (SwAV's code keeps a 1/G share per GPU; the union is the same set of embeddings).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
 from .base import Method
@@ -82,6 +87,7 @@ class SwAV(Method):
     name = "swav"
     Config = SwavConfig
     default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
+    ddp_find_unused = True  # the prototypes get no gradient while frozen
 
     def __init__(self, backbone, data, cfg: SwavConfig | None = None, aug=None):
         cfg = cfg or self.Config()
@@ -117,14 +123,19 @@ class SwAV(Method):
         if self.epoch < cfg.freeze_prototypes_epochs:
             w = w.detach()  # frozen: no gradient, so the optimiser leaves them (and their momentum) alone
         scores = list((z @ w.t()).float().split(b))
+        shard = distributed.batch_shard()
+        glob = z[: 2 * b].detach().view(2, b, -1)
+        if shard is not None:  # the global batch's embeddings: codes over it, and all of it to the queue
+            glob = distributed.gather(glob.transpose(0, 1)).transpose(0, 1)  # (2, B·G, dim), one all-gather
+        batch, offset = glob.shape[1], 0 if shard is None else shard.offset
         codes = []
         for i in range(2):
-            s = scores[i].detach()
-            if self.queue_full(b):
+            s = scores[i].detach() if shard is None else (glob[i] @ w.detach().t()).float()
+            if self.queue_full(batch):
                 s = torch.cat([self.queue[i] @ w.detach().t(), s])
-            codes.append(sinkhorn(s, cfg.epsilon, cfg.sinkhorn_iters)[-b:])
+            codes.append(sinkhorn(s, cfg.epsilon, cfg.sinkhorn_iters)[-batch:][offset:offset + b])  # this rank's rows
         loss = swav_loss(scores, codes, cfg.tau)
-        self._pending = z[: 2 * b].detach().view(2, b, -1)
+        self._pending = glob
         return loss, {}
 
     @torch.no_grad()

@@ -21,6 +21,8 @@ apply at every size. Views: `--aug barlow`, i.e. BYOL's asymmetric pair (crop sc
 jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur p 1.0 / 0.1, solarise p 0 / 0.2; no blur at ≤ 32 px).
 Deviations: LARS (lr 0.5·B/256, wd 1.5e-6) is replaced by the loop's SGD. Multi-crop, the momentum
 encoder (ViT only) and the self-labelling stage of the full recipe are left out.
+Under torchrun the diversity term's mean distribution is the global batch's (all-reduced, with
+gradient); the other terms are means over samples.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..models.heads import mlp
 from .base import Method
 from .common import byol_crop_colour, byol_views, encode_by_size
@@ -57,8 +60,8 @@ def twist_loss(f1: torch.Tensor, f2: torch.Tensor, tau: float = 1.0, lam1: float
     def mean_entropy(p):  # sharpness: each sample's distribution should be confident
         return -(p * (p + eps).log()).sum(1).mean()
 
-    def entropy_of_mean(p):  # diversity: the batch should use every class
-        m = p.mean(0)
+    def entropy_of_mean(p):  # diversity: the (global) batch should use every class
+        m = distributed.batch_mean(p, grad=True)
         return -(m * (m + eps).log()).sum()
 
     s1, s2 = F.softmax(f1 / tau, dim=1), F.softmax(f2 / tau, dim=1)
