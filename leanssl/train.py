@@ -387,13 +387,14 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
-    start_epoch, elapsed, last_loss, skipped_steps, images_seen = 0, 0.0, float("nan"), 0, 0
+    start_epoch, elapsed, last_loss, skipped_steps, images_seen, peak_before = 0, 0.0, float("nan"), 0, 0, 0.0
     if state is not None:
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, elapsed, last_loss = state["epoch"], state["elapsed"], state["loss"]
         skipped_steps = state.get("skipped_steps", 0)
         images_seen = state.get("images_seen", start_epoch * steps_per_epoch * cfg.batch_size)
+        peak_before = state.get("peak_mem_mb", 0.0)
         torch.set_rng_state(state["torch_rng"])
         # A killed run may have logged steps after its checkpoint: they are replayed, so drop them.
         resume_step = start_epoch * steps_per_epoch + state.get("step_in_epoch", 0)
@@ -417,7 +418,9 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     if cfg.time_budget is not None and elapsed >= cfg.time_budget:
         end_epoch = start_epoch  # a resumed run whose budget is already spent
-    rate_from = None  # (step, seconds) where this invocation's timing starts, for the budget's step estimate
+    # (step, seconds spent) where the budget's rate measurement starts; a resumed run keeps its run's
+    # (else its first steps would see no rate and run at the peak lr of an uncapped schedule)
+    rate_from = tuple(state["rate_from"]) if state is not None and state.get("rate_from") else None
 
     params = [p for p in method.parameters() if p.requires_grad]
     norm_stats = [b for n, b in method.named_buffers() if "running_" in n or "num_batches" in n]
@@ -505,6 +508,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                 _save_checkpoint(ckpt_path, method, opt, cfg, ctx, epoch=epoch, step_in_epoch=i + 1, loss=last_loss,
                                  elapsed=elapsed, skipped_steps=skipped_steps, gen_state=gen.get_state(),
                                  np_rng_state=rng.bit_generator.state, epoch_losses=losses, images_seen=images_seen,
+                                 rate_from=rate_from, peak_mem_mb=max(peak_before, peak_memory_mb(device)),
                                  epoch_seconds=seconds_before + time.perf_counter() - t_epoch)
             if interrupted:
                 break
@@ -529,7 +533,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
         if cfg.progress and main:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {last_loss:.4f}  {rate:.0f} img/s  {seconds:.1f}s")
         _save_checkpoint(ckpt_path, method, opt, cfg, ctx, epoch=epoch + 1, step_in_epoch=0, loss=last_loss,
-                         elapsed=elapsed, skipped_steps=skipped_steps, images_seen=images_seen)
+                         elapsed=elapsed, skipped_steps=skipped_steps, images_seen=images_seen, rate_from=rate_from,
+                         peak_mem_mb=max(peak_before, peak_memory_mb(device)))
         epochs_done = epoch + 1
         if (stop.signal is not None if ctx is None else signum != 0) or budget_spent:
             break
@@ -545,7 +550,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                "final_loss": last_loss, "train_seconds": elapsed,
                "images_seen": images_seen, "time_budget": cfg.time_budget,
                "images_per_s": (images_seen / elapsed) if elapsed and images_seen else None,
-               "peak_mem_mb": peak_memory_mb(device), "device": str(device),
+               "peak_mem_mb": max(peak_before, peak_memory_mb(device)), "device": str(device),  # over all invocations
                "processes": 1 if ctx is None else ctx.world,
                "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": interrupted_by}
     if main:

@@ -162,3 +162,26 @@ def test_budget_parsing_and_per_method_default_lr():
     assert TrainConfig(method="essl", batch_size=512).base_lr() == pytest.approx(1.0)  # the authors' rate
     assert TrainConfig(method="mocov2", batch_size=512).base_lr() == pytest.approx(0.06)  # MoCo's CIFAR demo
     assert TrainConfig(method="simsiam", batch_size=256, lr=0.2).base_lr() == 0.2  # --lr wins
+
+
+def test_resumed_budget_run_continues_its_schedule(tiny_npz, tmp_path, monkeypatch):
+    """A budget run stopped half-way and resumed keeps annealing: it does not restart near the peak lr.
+
+    A fake clock (0.01 s per reading) makes the time schedule deterministic."""
+    import itertools
+    import leanssl.train as tr
+    ticks = itertools.count()
+    monkeypatch.setattr(tr.time, "perf_counter", lambda: next(ticks) * 0.01)
+    cfg = dict(epochs=100_000, time_budget=1.0, warmup_epochs=0.5)
+    first = train(_cfg(tiny_npz, tmp_path, stop_after=5, **cfg))
+    assert not first["complete"] and 0.2 < first["train_seconds"] < 0.8
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["rate_from"] is not None and state["peak_mem_mb"] > 0
+    n_before = len(_losses(tmp_path / "run"))
+    done = train(_cfg(tiny_npz, tmp_path, **cfg), resume=True)
+    assert done["complete"] and done["peak_mem_mb"] >= state["peak_mem_mb"]
+    with open(tmp_path / "run" / "log.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    peak = max(lrs)
+    assert lrs[n_before] <= lrs[n_before - 1] * 1.01 < 0.95 * peak  # continues the decay
+    assert lrs[-1] < 0.3 * peak
