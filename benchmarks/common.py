@@ -28,6 +28,12 @@ def git_commit() -> str:
     return r.stdout.strip() or "unknown"
 
 
+def commit_label() -> str:
+    """The commit, marked "+dirty" when leanssl/ has uncommitted changes (what was measured is then not the commit)."""
+    r = subprocess.run(["git", "status", "--porcelain", "--", "leanssl"], capture_output=True, text=True, cwd=ROOT.parent)
+    return git_commit() + ("+dirty" if r.stdout.strip() else "")
+
+
 def best_epoch_rate(run_dir: Path) -> float:
     """images/s of the fastest epoch: on a shared machine, the epoch least slowed by other jobs."""
     with open(run_dir / "epochs.csv") as f:

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from common import ROOT, best_epoch_rate, cpu_name, git_commit, train_and_eval
+from common import ROOT, cpu_name, train_and_eval
 
 METHODS = ["essl", "npid", "simclr", "mocov2", "byol", "simsiam", "swav", "barlow", "dino", "twist"]
 # What the original papers needed, said beside the row: a short CPU budget is far from it.

@@ -56,10 +56,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from common import best_epoch_rate, cpu_name, git_commit, train_and_eval
+from common import best_epoch_rate, commit_label, cpu_name, train_and_eval
 from leanssl.cli import parse_duration
 from leanssl.data.sources import open_dataset, stratified_subset
-from leanssl.methods import get_method
 from leanssl.methods.base import DataInfo
 from leanssl.methods.common import SMALL_IMAGES
 from leanssl.models.backbones import build_backbone
@@ -273,12 +272,6 @@ def train_peer(a: argparse.Namespace) -> dict:
 
 
 # -- `compare`: ours and lightly's, side by side -----------------------------------------------
-
-def commit_label() -> str:
-    """The commit, marked "+dirty" when leanssl/ has uncommitted changes (what was measured is then not the commit)."""
-    r = subprocess.run(["git", "status", "--porcelain", "--", "leanssl"], capture_output=True, text=True, cwd=ROOT.parent)
-    return git_commit() + ("+dirty" if r.stdout.strip() else "")
-
 
 def machine() -> str:
     if torch.cuda.is_available():

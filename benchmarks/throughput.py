@@ -48,12 +48,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import cpu_name
+from common import commit_label, cpu_name
 from leanssl.data.loader import DeviceLoader
 from leanssl.methods import METHODS, get_method
 from leanssl.methods.base import DataInfo
 from leanssl.train import TrainConfig, build_method, lr_at, param_groups, resolve_device
-from peer_lightly import commit_label
 
 ROOT = Path(__file__).resolve().parent
 PROFILES = {  # per device type: data shape, images, backbone, batch, rounds, timed steps and warm-up steps per window

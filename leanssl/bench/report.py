@@ -228,13 +228,18 @@ def _log_x(ax, values) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _legend(fig, colours, markers=None) -> None:
+def _finish(fig, plt, path: Path, title: str, colours, markers=None) -> None:
+    """Title, one legend for the whole figure (methods, and backbones by marker), save, close."""
     from matplotlib.lines import Line2D
 
+    fig.suptitle(title, fontsize=10)
     handles = [Line2D([], [], color=c, marker="o", linestyle="-", label=m) for m, c in colours.items()]
     if markers and len(markers) > 1:
         handles += [Line2D([], [], color="grey", marker=k, linestyle="", label=b) for b, k in markers.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_cost(cells: list[dict], path: Path, plt) -> None:
@@ -264,12 +269,8 @@ def plot_cost(cells: list[dict], path: Path, plt) -> None:
             ax.set_ylabel("kNN top-1 (%)", fontsize=8)
             ax.set_title(f"data fraction {f:g}", fontsize=9)
             ax.grid(alpha=0.3)
-    fig.suptitle("Accuracy vs cost\nfilled: equal epochs, open: equal wall-clock; ringed and dashed: Pareto front",
-                 fontsize=10)
-    _legend(fig, colours, markers)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, plt, path, "Accuracy vs cost\nfilled: equal epochs, open: equal wall-clock; ringed and dashed: "
+            "Pareto front", colours, markers)
 
 
 def plot_fraction(cells: list[dict], path: Path, plt) -> None:
@@ -296,11 +297,7 @@ def plot_fraction(cells: list[dict], path: Path, plt) -> None:
         ax.set_ylabel("top-1 (%)", fontsize=8)
         ax.set_title(f"{g[0]}, {g[2]}", fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle("Accuracy vs pretraining data fraction\nsolid: kNN, dotted: linear probe", fontsize=10)
-    _legend(fig, colours)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, plt, path, "Accuracy vs pretraining data fraction\nsolid: kNN, dotted: linear probe", colours)
 
 
 def plot_time(cells: list[dict], path: Path, plt) -> None:
@@ -323,11 +320,7 @@ def plot_time(cells: list[dict], path: Path, plt) -> None:
         ax.set_xlabel("training seconds", fontsize=8)
         ax.set_ylabel("kNN top-1 (%), curve subsample", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("Accuracy during training (kNN on a fixed subsample)", fontsize=10)
-    _legend(fig, colours)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, plt, path, "Accuracy during training (kNN on a fixed subsample)", colours)
 
 
 def write_plots(cells: list[dict], folder: Path) -> list[Path]:
