@@ -41,7 +41,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: the method's rate per 256 images x global batch/256; essl 0.5)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--decay-norm-bias", action="store_true",
+                   help="weight decay on biases and normalisation parameters too (the essl authors' recipe)")
     p.add_argument("--warmup-epochs", type=float, default=2.0)
+    p.add_argument("--lr-schedule", choices=("step", "epoch"), default="step",
+                   help="cosine updated every step (default) or once per epoch (the essl authors' recipe)")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>-<method>-<backbone>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--seed", type=int, default=0)
@@ -84,7 +88,8 @@ def _train_config(a: argparse.Namespace):
     return TrainConfig(
         data=a.data, method=a.method, backbone=a.backbone, batch_size=a.batch_size, lr=a.lr,
         epochs=a.epochs if a.epochs is not None else (100 if a.budget is None else 10_000), time_budget=a.budget,
-        weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, seed=a.seed, device=a.device,
+        weight_decay=a.weight_decay, decay_norm_bias=a.decay_norm_bias, warmup_epochs=a.warmup_epochs,
+        lr_schedule=a.lr_schedule, seed=a.seed, device=a.device,
         fraction=a.fraction, resolution=a.resolution, out=a.out or f"runs/{data_name}-{a.method}-{a.backbone}",
         cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
         method_args={k: v for k, v in method_args.items() if v is not None},

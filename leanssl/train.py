@@ -62,8 +62,10 @@ class TrainConfig:
     batch_size: int = 256            # the global batch: under torchrun, split evenly across the processes
     lr: float | None = None          # None: the method's default_lr x (global) batch/256 (essl: 0.5, the authors' 1.0 at 512)
     weight_decay: float = 5e-4
+    decay_norm_bias: bool = False    # weight decay on biases and norm parameters too (the essl authors' script)
     momentum: float = 0.9
     warmup_epochs: float = 2.0
+    lr_schedule: str = "step"        # cosine updated every "step", or once per "epoch" (the essl authors' script)
     seed: int = 0
     device: str = "auto"
     fraction: float = 1.0
@@ -119,20 +121,21 @@ def atomic_save(obj, path: Path) -> None:
         os.close(fd)
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up, then cosine decay to zero."""
+def lr_at(step: int, total: int, warmup: int, base: float, per: int = 1) -> float:
+    """Linear warm-up, then cosine decay to zero; `per` > 1 holds the rate for blocks of `per` steps (per epoch)."""
+    step = step // per * per
     if step < warmup:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def param_groups(method: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation parameters (the usual SSL recipe)."""
+def param_groups(method: torch.nn.Module, weight_decay: float, decay_norm_bias: bool = False) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (the usual SSL recipe), unless `decay_norm_bias`."""
     decay, no_decay = [], []
     for p in method.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 and not decay_norm_bias else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -336,6 +339,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                            f"equal shares of at least 2 images, one per process")
     if not 0 < cfg.fraction <= 1:
         raise LeansslError(f"--fraction must be in (0, 1], got {cfg.fraction}")
+    if cfg.lr_schedule not in ("step", "epoch"):
+        raise LeansslError(f"--lr-schedule must be step or epoch, got {cfg.lr_schedule!r}")
     if cfg.on_nan not in ("stop", "skip"):
         raise LeansslError(f"--on-nan must be stop or skip, got {cfg.on_nan!r}")
     if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
@@ -381,7 +386,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     if ctx is not None and cfg.sync_bn:
         method = distributed.convert_sync_batchnorm(method, device)
     method = method.to(device, memory_format=torch.channels_last)
-    opt = torch.optim.SGD(param_groups(method, cfg.weight_decay), lr=cfg.base_lr(), momentum=cfg.momentum)
+    opt = torch.optim.SGD(param_groups(method, cfg.weight_decay, cfg.decay_norm_bias), lr=cfg.base_lr(), momentum=cfg.momentum)
     loader = DeviceLoader(x, device) if ctx is None else DeviceLoader(x, device, rank=ctx.rank, world=ctx.world)
     steps_per_epoch = loader.steps_per_epoch(cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -460,7 +465,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                 total_steps = _steps_in_budget(step, spent, rate_from, cfg.time_budget, steps_per_epoch * cfg.epochs)
                 warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps // 10)
             steps_done = step + 1
-            lr = lr_at(step, total_steps, warmup, cfg.base_lr())
+            lr = lr_at(step, total_steps, warmup, cfg.base_lr(), steps_per_epoch if cfg.lr_schedule == "epoch" else 1)
             for g in opt.param_groups:
                 g["lr"] = lr
             saved_stats = [b.clone() for b in norm_stats] if cfg.on_nan == "skip" else None

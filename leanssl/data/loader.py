@@ -71,8 +71,8 @@ class DeviceLoader:
                 idx = batch[self.rank * local:(self.rank + 1) * local]
                 yield self.gather(idx), idx.to(self.device), batch.to(self.device)
 
-    def ordered(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every image once, in order, the last partial batch included.
+    def ordered(self, batch_size: int, seed: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every image once, in order (or in a seeded random order), the last partial batch included.
 
         A last batch of one image joins the one before: BatchNorm in train mode (feature
         calibration) cannot normalise a batch of one. With world > 1 each batch is split into
@@ -80,11 +80,12 @@ class DeviceLoader:
         every image exactly once; a last batch with fewer than 2 images per process joins the one
         before.
         """
+        order = torch.arange(len(self)) if seed is None else torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         starts = list(range(0, len(self), batch_size))
         if len(starts) > 1 and len(self) - starts[-1] < 2 * self.world:
             starts.pop()
         for start, end in zip(starts, starts[1:] + [len(self)]):
-            idx = torch.arange(start, end)
+            idx = order[start:end]
             if self.world > 1:
                 idx = idx.tensor_split(self.world)[self.rank]
             yield self.gather(idx), idx.to(self.device)

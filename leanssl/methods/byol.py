@@ -4,7 +4,8 @@ An online network (backbone, projector, predictor) predicts the projection of th
 a target network (backbone, projector) that is an EMA of the online one. The target side is a
 stop-gradient: only the online branch receives gradient.
 
-    L = Σ_{(a,b) ∈ {(1,2),(2,1)}} mean_i (2 − 2·cos(pred(online(v_a))_i, target(v_b)_i))
+    L = ¼ · Σ_{(a,b) ∈ {(1,2),(2,1)}} mean_i (2 − 2·cos(pred(online(v_a))_i, target(v_b)_i))
+      = ½ · Σ_{(a,b)} mean_i (1 − cos(·,·))
     target ← τ·target + (1 − τ)·online,  τ = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2
 
 Defaults: projector and predictor Linear-BN-ReLU-Linear with 4096 hidden and 256 out (the paper).
@@ -12,7 +13,11 @@ Defaults: projector and predictor Linear-BN-ReLU-Linear with 4096 hidden and 256
 Views (the paper's asymmetric pair): crop scale (0.08, 1), jitter (0.4, 0.4, 0.2, 0.1) p 0.8,
 grayscale 0.2, blur p 1.0 / 0.1, solarise p 0 / 0.2; no blur at ≤ 32 px (the CIFAR recipes).
 Each view passes the networks on its own (BatchNorm per view), as in the paper's code.
-Deviations: LARS (lr 0.2·B/256, wd 1.5e-6, bias/BN excluded) is replaced by the loop's SGD.
+Deviations: LARS (lr 0.2·B/256, wd 1.5e-6, bias/BN excluded) is replaced by the loop's SGD, with
+lightly's CIFAR-10 SGD rate (0.06·B/128). That rate assumes lightly's loss scale, ½·(NCS + NCS) with
+NCS = −cos, whose gradient is ¼ of the paper's sum of two 2 − 2·cos terms; the loss here carries the
+factor ¼ so that the rate (and the weight decay beside it) act as in the source. Before this scale
+was introduced every BYOL run trained at 4× that effective rate.
 Under torchrun nothing is gathered: the loss is a mean over samples and the target, an EMA of the
 synchronised online weights, is the same on every rank (the paper's cross-replica BatchNorm: --sync-bn).
 """
@@ -61,7 +66,7 @@ class BYOL(Method):
         p1, p2 = (self.predictor(self.projector(self.backbone(v))) for v in (v1, v2))
         with torch.no_grad():
             z1, z2 = (self.target_projector(self.target_backbone(v)) for v in (v1, v2))
-        loss = byol_loss(p1, z2) + byol_loss(p2, z1)
+        loss = 0.25 * (byol_loss(p1, z2) + byol_loss(p2, z1))  # lightly's scale, which default_lr assumes
         return loss, {}
 
     @torch.no_grad()

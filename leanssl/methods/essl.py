@@ -41,11 +41,13 @@ class EsslConfig:
     tau: float = 0.2               # CE temperature on cosines
     kl_weight: float = 20.0        # λ_KL for SqrtKL self-distillation; 0 switches it off
     cutmix_alpha: float = 0.5      # Beta(α, α) for CutMix; 0 switches it off
+    cutmix_half: bool = True       # λ = max(λ, 1 − λ) as the authors do: the pasted box is at most half (ablation: off)
     bank_update: str = "grad"      # "grad" (the paper's correction) or "ema" (NPID, authors' code)
     bank_momentum: float = 0.5     # m for the ema rule
     bank_lr: float = 0.1           # η for the grad rule, per-sample *summed* CE convention (see bank.update_grad)
     kl_to_bank: bool = False       # let SqrtKL's gradient reach the bank in the grad rule (ablation)
     calibrate: bool = True         # fill the bank from one pass of the untrained network before epoch 1
+    calibrate_views: str = "plain"  # "plain": un-augmented images; "augmented": the training view, shuffled (authors)
 
 
 def sqrt_kl(s: torch.Tensor) -> torch.Tensor:
@@ -59,15 +61,20 @@ def sqrt_kl(s: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logu)).sum(1).mean()
 
 
-def cutmix(v: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+def cutmix(v: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.Generator,
+           half: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Paste a box of image π(r) into image r. Returns the mixed batch, π and λ (the kept area).
 
-    λ ~ Beta(α, α) and the box come from the host RNG, so no device sync is needed; λ is then
-    corrected to the box's true area after clipping at the border. Under torchrun π permutes each
+    λ ~ Beta(α, α), then λ = max(λ, 1 − λ) as in the authors' `cutmix_data`, so the pasted box
+    covers at most half the image and the positive stays mostly the image itself. λ and the box
+    come from the host RNG, so no device sync is needed; λ is then corrected to the box's true
+    area after clipping at the border. Under torchrun π permutes each
     rank's rows (one permutation per rank, all drawn on every rank so the generators stay in step).
     """
     b, _, h, w = v.shape
     lam = rng.beta(alpha, alpha)
+    if half:  # the authors' cutmix_data: the pasted box is never the larger part
+        lam = max(lam, 1.0 - lam)
     cut = np.sqrt(1.0 - lam)
     ch, cw = int(h * cut), int(w * cut)
     cy, cx = rng.integers(h), rng.integers(w)
@@ -93,6 +100,8 @@ class ESSL(Method):
         self.cfg = cfg = cfg or self.Config()
         if cfg.bank_update not in ("grad", "ema"):
             raise LeansslError(f"unknown bank update '{cfg.bank_update}': use grad or ema")
+        if cfg.calibrate_views not in ("plain", "augmented"):
+            raise LeansslError(f"unknown calibrate_views '{cfg.calibrate_views}': use plain or augmented")
         width = backbone.out_dim
         hidden = cfg.proj_hidden or (2048 if width >= 512 else 4 * width)
         self.head = mlp(width, hidden, cfg.dim)
@@ -108,13 +117,17 @@ class ESSL(Method):
 
         The pass runs in train mode so BatchNorm normalises with batch statistics, as in the
         training forward, and the running statistics it would disturb are restored afterwards.
+        `calibrate_views="augmented"` fills rows from the training augmentation over shuffled
+        batches, as the authors' script does (their loader drops the last batch; every row is filled here).
         """
         if not self.cfg.calibrate:
             return
         saved = {k: v.clone() for k, v in self.state_dict().items() if "running_" in k or "num_batches" in k}
         self.train()
-        for x, idx in loader.ordered(batch_size):  # under torchrun: this rank's share of each batch
-            z = self.embed(self.augment.plain(x))
+        augmented = self.cfg.calibrate_views == "augmented"
+        gen = torch.Generator(self.bank.weight.device).manual_seed(1)  # its own stream: training's draws are unchanged
+        for x, idx in loader.ordered(batch_size, seed=1 if augmented else None):  # under torchrun: this rank's share
+            z = self.embed(self.augment(x, gen) if augmented else self.augment.plain(x))
             self.bank.write(distributed.gather_uneven(idx), distributed.gather_uneven(z))  # every rank's rows
         self.load_state_dict(saved, strict=False)
 
@@ -128,7 +141,7 @@ class ESSL(Method):
         rows = torch.arange(offset, offset + b, device=v.device)
         perm, lam = rows, 1.0
         if cfg.cutmix_alpha > 0:
-            v, perm, lam = cutmix(v, cfg.cutmix_alpha, rng, gen)
+            v, perm, lam = cutmix(v, cfg.cutmix_alpha, rng, gen, cfg.cutmix_half)
             perm = perm + offset
         z = self.embed(v)
 
