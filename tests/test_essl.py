@@ -81,7 +81,7 @@ def test_grad_bank_update_matches_formula_and_autograd(cutmix_alpha, kl_weight):
     _, cols, _, z, perm, lam = m._pending
     m.after_step()
 
-    # Reference 1, the formula of DESIGN.md §2 in NumPy: W_c <- normalize(W_c + (η/τ) Σ_r (T_rc - p_rc) z_r)
+    # Reference 1, the formula of docs/method.md in NumPy: W_c <- normalize(W_c + (η/τ) Σ_r (T_rc - p_rc) z_r)
     zn, wc = z.double().numpy(), w0[cols].double().numpy()
     p = np_softmax(zn @ wc.T / tau)
     t = np.zeros_like(p)

@@ -1,7 +1,7 @@
 """`essl`: single-branch non-parametric instance discrimination (Cao & Wu, arXiv 2404.19289).
 
 One augmented view per image per step. Each image is its own class; the class weights are a
-memory bank of L2-normalised features (see DESIGN.md §2 for the formulas):
+memory bank of L2-normalised features (docs/method.md has the formulas, the recipe and every deviation):
 
     z = normalize(g(f(cutmix(aug(x)))))          s = z · W[C]ᵀ,  C = batch rows ∪ k sampled rows
     L = λ·CE(s/τ, r) + (1-λ)·CE(s/τ, π(r)) + λ_KL · SqrtKL(softmax(s))
