@@ -181,7 +181,18 @@ def _locate(spec: str) -> _Source:
         return _locate_folder(_existing(spec, spec))
     if kind in readers:
         raise LeansslError(f"data spec '{spec}' needs a path: {kind}:PATH")
+    _not_a_folder(spec)
     raise LeansslError(UNKNOWN_SPEC.format(spec))
+
+
+def _not_a_folder(spec: str) -> None:
+    """A bare SPEC that names a file, or looks like a path that does not exist: say that, not 'unknown spec'."""
+    p = os.path.abspath(os.path.expanduser(spec))
+    if os.path.isfile(p):
+        hint = f"; for arrays use npz:{spec}" if p.endswith(".npz") else ""
+        raise LeansslError(f"data path {p} is a file, not a folder of images{hint}")
+    if os.sep in spec or spec.startswith(("~", ".")):
+        raise LeansslError(f"no such file or folder: {p}")
 
 
 def _existing(path: str, spec: str) -> str:
