@@ -213,6 +213,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
                    device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a))
+    from .eval.report import incomplete_note
+
+    if incomplete_note(res):
+        print(f"leanssl: note: {incomplete_note(res)}", file=sys.stderr)
     if a.json:
         print(json.dumps(res))
         return

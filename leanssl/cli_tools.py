@@ -172,8 +172,8 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch size of every run (default: the profile's)")
     p.add_argument("--out", default=None, help="bench folder (default runs/bench-<data>-<profile>)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
                    help="also score raw pixels and each backbone at random initialisation (default on)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")

@@ -191,7 +191,8 @@ def _not_a_folder(spec: str) -> None:
     if os.path.isfile(p):
         hint = f"; for arrays use npz:{spec}" if p.endswith(".npz") else ""
         raise LeansslError(f"data path {p} is a file, not a folder of images{hint}")
-    if os.sep in spec or spec.startswith(("~", ".")):
+    kind = spec.partition(":")[0]
+    if os.sep in kind or (spec.startswith(("~", ".")) and ":" not in spec):  # 'name:...' stays a spec
         raise LeansslError(f"no such file or folder: {p}")
 
 
