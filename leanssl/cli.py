@@ -58,6 +58,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU if visible, default), cpu or cuda")
     p.add_argument("--fraction", type=float, default=1.0, help="pretrain on a seeded, class-stratified fraction of the training split")
+    p.add_argument("--all-images", action="store_true",
+                   help="pretrain on the test split's images too (by default a labelled folder or npz without a "
+                        "test split keeps 20%% of each class back as one, for eval)")
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the source's)")
     p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after N epochs in this invocation (resume later)")
@@ -100,7 +103,8 @@ def _train_config(a: argparse.Namespace):
         cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
         method_args={k: v for k, v in method_args.items() if v is not None},
         strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,
-        checkpoint_every=a.checkpoint_every, sync_bn=a.sync_bn, dist_timeout=a.dist_timeout)
+        checkpoint_every=a.checkpoint_every, sync_bn=a.sync_bn, dist_timeout=a.dist_timeout,
+        all_images=a.all_images)
 
 
 def parse_duration(text: str) -> float:

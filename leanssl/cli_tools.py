@@ -18,8 +18,14 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str) -> None:
 
 
 def _embed(a: argparse.Namespace):
+    import sys
+
+    from .data.sources import held_out_test_split
     from .embeddings import embed
 
+    if a.split == "pretrain" and held_out_test_split(a.data):
+        print(f"leanssl: note: {a.data} has no test split, so 20% of each class is held out as one and --split "
+              f"pretrain leaves it out; --split all includes every image", file=sys.stderr)
     return embed(a.run_dir, a.data, a.split, a.device, a.batch_size, a.cache_dir, progress=not a.no_progress)
 
 

@@ -50,7 +50,8 @@ from .models.backbones import build_backbone, check_backbone_name
 MAX_SKIPS_IN_A_ROW = 20
 
 # Fields that must match for --resume to continue the same run.
-_RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args")
+_RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args",
+                 "all_images")
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; the run ends when they are spent (epochs is then a cap)
     sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     dist_timeout: float = 300.0      # under torchrun: seconds a collective may wait for another rank before failing
+    all_images: bool = False         # pretrain on the test split's images too (nothing of the source held out)
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch_size / 256
@@ -341,6 +343,23 @@ def _check_schedule(cfg: TrainConfig, saved: TrainConfig, state: dict) -> None:
                        f"{planned} (or no length flag), or start a new run with {asked} in another --out")
 
 
+def _with_test_images(cfg: TrainConfig, ds, x: np.ndarray, main: bool) -> np.ndarray:
+    """The pretraining images: with --all-images the test split's too; else a note when a split was held out."""
+    n_test = len(ds.test) if ds.test is not None else 0
+    if cfg.all_images and n_test:
+        if cfg.fraction != 1.0:
+            raise LeansslError("use either --all-images or --fraction, not both")
+        if main:
+            print(f"leanssl: note: --all-images: pretraining on all {len(x) + n_test} images, the {n_test} of the test "
+                  f"split included (an eval on this source's test split is then not on unseen images)", file=sys.stderr)
+        return np.concatenate([np.asarray(x), np.asarray(ds.test.x)])
+    if ds.held_out and main:
+        print(f"leanssl: note: {cfg.data} is labelled but has no test split: {n_test} images (20% of each class, "
+              f"seeded) are held out as the test split for eval, so pretraining uses {len(x)} of "
+              f"{len(ds.pretrain) + n_test}; --all-images pretrains on every image", file=sys.stderr)
+    return x
+
+
 def _cap_batch(cfg: TrainConfig, n: int, world: int, main: bool) -> None:
     """A batch larger than the data becomes the data (a multiple of the processes), with a note."""
     if n >= cfg.batch_size:
@@ -427,6 +446,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     x = ds.pretrain.x
     if cfg.fraction != 1.0:
         x = x[stratified_subset(ds.pretrain.y, len(x), cfg.fraction, cfg.seed)]
+    x = _with_test_images(cfg, ds, x, main)
     _cap_batch(cfg, len(x), 1 if ctx is None else ctx.world, main)
     if state is not None and cfg.batch_size != state["config"]["batch_size"]:
         raise LeansslError(f"--resume: this run was started with different batch_size "

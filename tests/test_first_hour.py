@@ -202,3 +202,33 @@ def test_neighbour_grid_has_title_headers_class_names_and_legend(tmp_path):
     assert tuple(img[legend_y, 11]) == (0x2C, 0xA0, 0x2C) and tuple(img[legend_y, 227]) == (0xD6, 0x27, 0x28)
     caption = img[head + 72: head + 88, 4:60]  # the query's class name under its thumbnail
     assert (caption < 128).any()
+
+
+def _class_folder(root, per_class=10):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_a_held_out_test_split_is_announced_and_all_images_pretrains_on_everything(tmp_path, capsys):
+    data = _class_folder(tmp_path / "pics")
+    common = ["--data", str(data), "--epochs", "1", "--batch-size", "8", "--resolution", "8", "--dim", "16",
+              "--negatives", "8", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(["train", *common, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert (f"leanssl: note: {data} is labelled but has no test split: 4 images (20% of each class, seeded) are held "
+            f"out as the test split for eval, so pretraining uses 16 of 20; --all-images pretrains on every image") in err
+    assert main(["train", *common, "--out", str(tmp_path / "b"), "--all-images"]) == 0
+    err = capsys.readouterr().err
+    assert "--all-images: pretraining on all 20 images, the 4 of the test split included" in err
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["train_images"] == 20
+    assert main(["select", str(tmp_path / "a"), "--data", str(data), "--count", "3", "--cache-dir",
+                 str(tmp_path / "cache"), "--no-progress", "--out", str(tmp_path / "s.csv")]) == 0
+    out, err = capsys.readouterr()
+    assert "--split pretrain leaves it out; --split all includes every image" in err and "selected 3 of 16" in out
