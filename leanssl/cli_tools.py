@@ -97,7 +97,7 @@ def _bench_command(a: argparse.Namespace) -> str:
 def cmd_bench(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench.grid import PROFILES, build_grid, parse_fractions, parse_list
+    from .bench.grid import PROFILES, build_grid, estimate, parse_fractions, parse_list
     from .bench.run import BenchPlan, report_only, run_bench
 
     profile = PROFILES[a.profile]
@@ -109,8 +109,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                      profile=a.profile, batch_size=a.batch_size or profile.batch_size, eval=profile.eval, seed=a.seed,
                      device=a.device, cache_dir=a.cache_dir, command=_bench_command(a), floors=a.floors)
     if a.dry_run:
-        print(f"{len(cells)} cells ({a.profile} profile: {profile.about}), batch {plan.batch_size}, "
-              f"results in {plan.out}:")
+        print(f"{len(cells)} cells, batch {plan.batch_size}, results in {plan.out}; time: {estimate(cells, profile)}:")
         for i, c in enumerate(cells, 1):
             print(f"  {i:3d}. {c.label}")
         return 0

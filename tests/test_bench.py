@@ -210,3 +210,13 @@ def test_plots_draw_floors_start_cost_at_zero_and_skip_what_the_grid_cannot_fill
                       and len(line.get_ydata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1])
     assert floor_ys == [50.0, 75.0]  # random init and raw pixels
     real_close(captured["fig"])
+
+
+def test_dry_run_estimates_the_grid_asked_for(capsys):
+    assert main(["bench", "--data", "digits", "--methods", "essl,simclr", "--fractions", "0.1", "--budget", "30s",
+                 "--dry-run"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("2 cells, batch 256") and "1.0 min of training in the budget cells" in head
+    assert "45-60" not in head  # the full profile's estimate is not this grid's
+    assert main(["bench", "--data", "digits", "--dry-run"]) == 0
+    assert "the full cpu profile: about 45-60 minutes" in capsys.readouterr().out.splitlines()[0]
