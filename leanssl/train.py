@@ -377,7 +377,7 @@ def _cap_batch(cfg: TrainConfig, n: int, world: int, main: bool) -> None:
 def _start_line(cfg: TrainConfig, n: int, device, steps_per_epoch: int, total_steps: int) -> str:
     """What is about to happen, in one line, before any step: the user can stop a mistake at once."""
     length = (f"for {cfg.time_budget:g} s (--budget; at most {cfg.epochs} epochs)" if cfg.time_budget is not None
-              else f"{cfg.epochs} epochs x {steps_per_epoch} steps = {total_steps} steps")
+              else f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)} x {steps_per_epoch} steps = {total_steps} steps")
     return (f"leanssl: training {cfg.method} ({cfg.backbone}) on {n} images of {cfg.data} at {cfg.resolution} px, "
             f"batch {cfg.batch_size}, lr {cfg.base_lr():.4g}, {length}, on {device} -> {cfg.out}")
 
