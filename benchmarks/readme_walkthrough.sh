@@ -2,10 +2,11 @@
 # The README's "Using it" section, step by step, each step's wall-clock printed as a markdown row.
 # Run it on a quiet machine from a clean clone (pip install -e ".[test]" first):
 #     bash benchmarks/readme_walkthrough.sh              # Fashion-MNIST, the README's 20 epochs
-#     DATA=digits EPOCHS=1 bash benchmarks/readme_walkthrough.sh   # a quick check that every step runs
+#     DATA=digits EPOCHS=1 PROTOCOLS=knn bash benchmarks/readme_walkthrough.sh   # quick check that every step runs
 set -euo pipefail
 DATA=${DATA:-fashion-mnist}
 EPOCHS=${EPOCHS:-20}
+PROTOCOLS=${PROTOCOLS:-knn,linear,finetune,fewshot,lowlabel}
 OUT=${OUT:-runs/walkthrough}
 LEANSSL=${LEANSSL:-leanssl}
 rm -rf "$OUT" && mkdir -p "$OUT"
@@ -19,7 +20,7 @@ step() {  # step NAME COMMAND...: run it, print its row (stdout/stderr of the co
     printf '| %s | `%s` | %d.%d |\n' "$name" "$*" $((ms / 1000)) $((ms % 1000 / 100))
 }
 step "pretrain" $LEANSSL train --data "$DATA" --method essl --backbone small_cnn --epochs "$EPOCHS" --out "$OUT/fm" --no-progress
-step "evaluate (all protocols)" $LEANSSL eval "$OUT/fm" --data "$DATA" --protocol knn,linear,finetune,fewshot,lowlabel
+step "evaluate (all protocols)" $LEANSSL eval "$OUT/fm" --data "$DATA" --protocol "$PROTOCOLS"
 step "evaluate (json)" $LEANSSL eval "$OUT/fm" --data "$DATA" --json --no-baselines
 step "evaluate (10 labels/class)" $LEANSSL eval "$OUT/fm" --data digits --labels-per-class 10
 step "resume a finished run" $LEANSSL train --data "$DATA" --out "$OUT/fm" --resume --no-progress
