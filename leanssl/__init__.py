@@ -13,6 +13,16 @@ _API = {"load_backbone": "leanssl.export", "embed": "leanssl.embeddings", "selec
 __all__ = list(_API)
 
 
+def installed_version() -> str:
+    """The installed package's version ("unknown" in a source tree that was never installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("leanssl")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def __getattr__(name: str):
     if name in _API:
         return getattr(import_module(_API[name]), name)

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from . import installed_version
 from .errors import LeansslError
 
 # Method options: flag -> (config field, type, help). None on the command line keeps the method's default.
@@ -26,6 +27,13 @@ _METHOD_FLAGS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line, `leanssl: error: ...`, with where to look, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"leanssl: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data SPEC: digits, fashion-mnist[:PATH], mnist:PATH, cifar10:PATH, "
                    "cifar100:PATH, stl10:PATH, folder:PATH (or a bare folder), npz:PATH")
@@ -35,22 +43,28 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 100; with --budget, a cap)")
     p.add_argument("--budget", type=parse_duration, default=None, metavar="TIME",
-                   help="train for this wall-clock time (e.g. 90s, 10m, 1.5h); lr and EMA schedules follow the time")
+                   help="train for this wall-clock time (e.g. 90s, 10m, 1.5h; a bare number is seconds); "
+                        "lr and EMA schedules follow the time")
     p.add_argument("--batch-size", type=int, default=256,
                    help="global batch (default 256): under torchrun it is split evenly across the processes")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: the method's rate per 256 images x global batch/256; essl 0.5)")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="SGD weight decay, not applied to biases and norm layers unless --decay-norm-bias (default 5e-4)")
     p.add_argument("--decay-norm-bias", action="store_true",
                    help="weight decay on biases and normalisation parameters too (the essl authors' recipe)")
-    p.add_argument("--warmup-epochs", type=float, default=2.0)
+    p.add_argument("--warmup-epochs", type=float, default=2.0,
+                   help="linear learning-rate warm-up before the cosine decay (default 2)")
     p.add_argument("--lr-schedule", choices=("step", "epoch"), default="step",
                    help="cosine updated every step (default) or once per epoch (the essl authors' recipe)")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>-<method>-<backbone>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU if visible, default), cpu or cuda")
     p.add_argument("--fraction", type=float, default=1.0, help="pretrain on a seeded, class-stratified fraction of the training split")
+    p.add_argument("--all-images", action="store_true",
+                   help="pretrain on the test split's images too (by default a labelled folder or npz without a "
+                        "test split keeps 20%% of each class back as one, for eval)")
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the source's)")
     p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after N epochs in this invocation (resume later)")
@@ -94,7 +108,8 @@ def _train_config(a: argparse.Namespace):
         cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
         method_args={k: v for k, v in method_args.items() if v is not None},
         strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,
-        checkpoint_every=a.checkpoint_every, sync_bn=a.sync_bn, dist_timeout=a.dist_timeout)
+        checkpoint_every=a.checkpoint_every, sync_bn=a.sync_bn, dist_timeout=a.dist_timeout,
+        all_images=a.all_images)
 
 
 def parse_duration(text: str) -> float:
@@ -142,10 +157,21 @@ def _report_skips(summary: dict, out: str) -> None:
         print(f"leanssl: skipped {summary['skipped_steps']} diverged batch(es) (--on-nan skip)", file=sys.stderr)
 
 
+def _saved_schedule(cfg) -> None:
+    """`train --resume` without --epochs/--budget continues the length the run was started with."""
+    from .train import load_run_config
+
+    if (Path(cfg.out) / "config.json").is_file():
+        saved = load_run_config(Path(cfg.out))
+        cfg.epochs, cfg.time_budget = saved.epochs, saved.time_budget
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainingInterrupted, train
 
     cfg = _train_config(a)
+    if a.resume and a.epochs is None and a.budget is None:
+        _saved_schedule(cfg)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports for all
     try:
         summary = train(cfg, resume=a.resume)
@@ -196,6 +222,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
                    device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a))
+    from .eval.report import incomplete_note
+
+    if incomplete_note(res):
+        print(f"leanssl: note: {incomplete_note(res)}", file=sys.stderr)
     if a.json:
         print(json.dumps(res))
         return
@@ -211,13 +241,14 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leanssl", description="Single-branch self-supervised pretraining for small compute.")
+    parser = Parser(prog="leanssl", description="Single-branch self-supervised pretraining for small compute.")
+    parser.add_argument("--version", action="version", version=f"leanssl {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="pretrain essl on scikit-learn's digits and compare with raw pixels and a random backbone")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="demo folder: the run, report.md and report.json (default runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the demo's budget)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="pretrain a backbone")
@@ -225,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's backbone on a labelled source")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="run folder (or an exported .safetensors backbone)")
     p.add_argument("--data", required=True, help="data SPEC with labels (may differ from the pretraining data: transfer)")
     p.add_argument("--protocol", default="knn,linear",
                    help="comma-separated: knn, linear, finetune, fewshot, lowlabel (default knn,linear)")
@@ -245,9 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fewshot-shots", default=None, help="comma-separated K of K-shot episodes (default 1,5,20)")
     p.add_argument("--fewshot-episodes", type=int, default=None, help="episodes per setting (default 600)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the markdown report is still written)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probes' splits and episodes (default 0)")
+    p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.set_defaults(func=cmd_eval)
     from .cli_tools import add_commands
     add_commands(sub)

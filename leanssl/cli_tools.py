@@ -9,16 +9,23 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str) -> None:
     p.add_argument("run_dir", help="run folder (or an exported .safetensors file / timm folder)")
     p.add_argument("--data", required=True, help="data SPEC (as for train)")
     p.add_argument("--split", default=split_default,
-                   help="all (pretrain then test), pretrain (train + unlabeled), train (labelled) or test")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--no-progress", action="store_true")
+                   help=f"all (pretrain then test), pretrain (train + unlabeled), train (labelled) or test "
+                        f"(default {split_default})")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default 512; memory only)")
+    p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _embed(a: argparse.Namespace):
+    import sys
+
+    from .data.sources import held_out_test_split
     from .embeddings import embed
 
+    if a.split == "pretrain" and held_out_test_split(a.data):
+        print(f"leanssl: note: {a.data} has no test split, so 20% of each class is held out as one and --split "
+              f"pretrain leaves it out; --split all includes every image", file=sys.stderr)
     return embed(a.run_dir, a.data, a.split, a.device, a.batch_size, a.cache_dir, progress=not a.no_progress)
 
 
@@ -39,9 +46,15 @@ def cmd_embed(a: argparse.Namespace) -> None:
 
 
 def cmd_map(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .errors import LeansslError
     from .export import read_metadata
     from .viz import draw_map
 
+    if Path(a.out).suffix.lower() in (".png", ".jpg", ".jpeg", ".csv"):
+        raise LeansslError(f"map --out {a.out}: --out is a folder (map.png, map.csv and neighbours.png go into it); "
+                           f"try --out {Path(a.out).with_suffix('')}")
     emb = _embed(a)
     meta = read_metadata(a.run_dir)
     paths = draw_map(emb, a.out, f"{meta['method']} {meta['architecture']} on {a.data} ({a.split})", a.max_points,
@@ -55,8 +68,12 @@ def cmd_select(a: argparse.Namespace) -> None:
     from .embeddings import write_csv
     from .selection import select
 
+    from .errors import LeansslError
+
+    if a.count is None:
+        raise LeansslError("select needs --count K: how many images to label")
     emb = _embed(a)
-    picks = select(emb.features, a.budget, seed=a.seed)
+    picks = select(emb.features, a.count, seed=a.seed)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, [{"rank": i, **rec} for i, rec in enumerate(emb.rows(picks))])
@@ -80,7 +97,7 @@ def _bench_command(a: argparse.Namespace) -> str:
 def cmd_bench(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench.grid import PROFILES, build_grid, parse_fractions, parse_list
+    from .bench.grid import PROFILES, build_grid, estimate, parse_fractions, parse_list
     from .bench.run import BenchPlan, report_only, run_bench
 
     profile = PROFILES[a.profile]
@@ -92,8 +109,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                      profile=a.profile, batch_size=a.batch_size or profile.batch_size, eval=profile.eval, seed=a.seed,
                      device=a.device, cache_dir=a.cache_dir, command=_bench_command(a), floors=a.floors)
     if a.dry_run:
-        print(f"{len(cells)} cells ({a.profile} profile: {profile.about}), batch {plan.batch_size}, "
-              f"results in {plan.out}:")
+        print(f"{len(cells)} cells, batch {plan.batch_size}, results in {plan.out}; time: {estimate(cells, profile)}:")
         for i, c in enumerate(cells, 1):
             print(f"  {i:3d}. {c.label}")
         return 0
@@ -101,12 +117,22 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 1 if results["failed"] else 0
 
 
+class _DeprecatedCount(argparse.Action):
+    """`select --budget K`, the old name of --count (train's --budget is a time): still works, with a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print("leanssl: warning: select --budget is now --count (--budget is a time for train and bench)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("export", help="write the run's backbone alone, with a metadata file, for use elsewhere")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="run folder")
     p.add_argument("--format", default="safetensors",
                    help="safetensors (default), timm (a folder for timm.create_model('local-dir:PATH')), "
-                        "torchscript, onnx (needs pip install 'leanssl[export]')")
+                        "torchscript, onnx (needs the export extra: pip install -e '.[export]' in a clone)")
     p.add_argument("--out", required=True, help="output file (a folder for --format timm)")
     p.set_defaults(func=cmd_export)
 
@@ -121,12 +147,13 @@ def add_commands(sub) -> None:
     p.add_argument("--max-points", type=int, default=5000, help="seeded random subset drawn on the map")
     p.add_argument("--queries", type=int, default=8, help="rows of the neighbour grid")
     p.add_argument("--neighbours", type=int, default=8, help="neighbours shown per query")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the queries (default 0)")
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("select", help="choose K images to label, diverse and representative (USL)")
     _add_data_args(p, "pretrain")
-    p.add_argument("--budget", type=int, required=True, help="number of images to label (K)")
+    p.add_argument("--count", type=int, default=None, help="(required) number of images to label (K)")
+    p.add_argument("--budget", type=int, dest="count", action=_DeprecatedCount, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--out", required=True, help="CSV of the picks (rank, row, split, index, label, class, path)")
     p.set_defaults(func=cmd_select)
@@ -150,8 +177,8 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch size of every run (default: the profile's)")
     p.add_argument("--out", default=None, help="bench folder (default runs/bench-<data>-<profile>)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
                    help="also score raw pixels and each backbone at random initialisation (default on)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")

@@ -25,22 +25,27 @@ def _row(name: str, full: dict, few: dict) -> str:
 
 
 def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> dict:
-    cfg = TrainConfig(data="digits", method="essl", backbone="small_cnn", epochs=epochs or DEMO_EPOCHS,
-                      batch_size=128, out=str(out / "run"), device=device)
-    resume = (out / "run" / "checkpoint.pt").exists()  # a rerun continues (or reuses) the earlier demo run
-    print(f"leanssl demo: pretraining essl ({cfg.backbone}) on scikit-learn digits for {cfg.epochs} epochs -> {out}")
+    epochs = epochs or DEMO_EPOCHS
+    # One run folder per length: a rerun continues (or reuses) the run of the same length, never another's.
+    run = out / ("run" if epochs == DEMO_EPOCHS else f"run-{epochs}ep")
+    cfg = TrainConfig(data="digits", method="essl", backbone="small_cnn", epochs=epochs,
+                      batch_size=128, out=str(run), device=device)
+    resume = (run / "checkpoint.pt").exists()
+    plural = "epoch" if epochs == 1 else "epochs"
+    doing = "continuing (or reusing) the earlier demo run" if resume else "pretraining"
+    print(f"leanssl demo: {doing}: essl ({cfg.backbone}) on scikit-learn digits for {epochs} {plural} -> {run}")
     summary = train(cfg, resume=resume)
     results = {}
     for key, k in (("all_labels", None), ("10_per_class", 10)):
         print(f"evaluating ({'all labels' if k is None else f'{k} labels per class'}) ...")
-        results[key] = evaluate(out / "run", "digits", labels_per_class=k, baselines=True, device=device)
+        results[key] = evaluate(run, "digits", labels_per_class=k, baselines=True, device=device)
 
     full, few = results["all_labels"], results["10_per_class"]
     lines = [
         "# leanssl demo: essl on scikit-learn digits",
         "",
         f"Pretraining: `essl`, backbone `{cfg.backbone}`, {summary['epochs_done']} epochs on {summary['train_images']} "
-        f"unlabelled training images at {json.loads((out / 'run' / 'data.json').read_text())['resolution']} px; "
+        f"unlabelled training images at {json.loads((run / 'data.json').read_text())['resolution']} px; "
         f"{summary['train_seconds']:.0f} s, {summary['images_per_s']:.0f} images/s, peak memory {summary['peak_mem_mb']:.0f} MB "
         f"on {summary['device']}.",
         f"Test split: {full['test_images']} images. kNN: cosine, k={full['knn_k']} (capped at the number of labelled images), "
@@ -53,7 +58,8 @@ def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> dict
         _row(f"{cfg.backbone}, essl-pretrained", full, few),
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"date {time.strftime('%Y-%m-%d %H:%M')}. Reproduce: `leanssl demo --out {out}`.",
+        f"date {time.strftime('%Y-%m-%d %H:%M')}. Reproduce: `leanssl demo --out {out}"
+        f"{'' if epochs == DEMO_EPOCHS else f' --epochs {epochs}'}`.",
     ]
     report = "\n".join(lines) + "\n"
     (out / "report.md").write_text(report)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import installed_version as _version
 from .errors import LeansslError
 
 FORMATS = ("safetensors", "timm", "torchscript", "onnx")
@@ -32,11 +32,16 @@ META_KEY = "leanssl"  # key of the metadata inside a safetensors header
 TIMM_META = "leanssl.json"  # metadata file inside an exported timm folder
 
 
-def _version() -> str:
-    try:
-        return importlib_metadata.version("leanssl")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
+def write_safetensors(state: dict, path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, leaving the file readable as the umask allows (it creates files 0600)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def run_metadata(run_dir) -> dict:
@@ -143,14 +148,14 @@ def _export_onnx(model: nn.Module, meta: dict, out: Path) -> float:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise LeansslError("--format onnx needs onnx, onnxscript and onnxruntime: pip install 'leanssl[export]'") from None
+        raise LeansslError("--format onnx needs onnx, onnxscript and onnxruntime: pip install -e '.[export]' in a leanssl clone (the export extra)") from None
     x = _example(meta, 2)
     batch = torch.export.Dim("batch", min=1)
     try:  # one self-contained file (no external .data) and no progress chatter
         torch.onnx.export(model, (x,), str(out), input_names=["images"], output_names=["features"],
                           dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
     except ImportError as e:
-        raise LeansslError(f"--format onnx: {e} (pip install 'leanssl[export]')") from None
+        raise LeansslError(f"--format onnx: {e} (pip install -e '.[export]' in a leanssl clone (the export extra))") from None
     # Verify at another batch size than the one traced: the batch axis must really be dynamic.
     x3 = _example(meta, 3)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -176,7 +181,6 @@ def _export_torchscript(model: nn.Module, meta: dict, out: Path) -> float:
 def export_backbone(run_dir, fmt: str, out) -> Path:
     """Write the run's backbone in `fmt` to `out` with its metadata; returns the metadata file's path."""
     import timm
-    from safetensors.torch import save_file
 
     if fmt not in FORMATS:
         raise LeansslError(f"unknown export format '{fmt}': choose from {', '.join(FORMATS)}")
@@ -201,12 +205,12 @@ def export_backbone(run_dir, fmt: str, out) -> Path:
                   "pretrained_cfg": {"input_size": [c, r, r], "mean": meta["mean"], "std": meta["std"],
                                      "num_classes": 0, "crop_pct": 1.0}}
         (out / "config.json").write_text(json.dumps(config, indent=2))
-        save_file(state, str(out / "model.safetensors"))
+        write_safetensors(state, out / "model.safetensors")
         meta_path = out / TIMM_META
     else:
         if fmt == "safetensors":
             meta["load"] = _timm_line(arch, model, meta, str(out)) if timm.is_model(arch) else f'leanssl.load_backbone("{out}")'
-            save_file(state, str(out), metadata={META_KEY: json.dumps(meta)})
+            write_safetensors(state, out, metadata={META_KEY: json.dumps(meta)})
         elif fmt == "torchscript":
             meta["load"] = f'torch.jit.load("{out}")'
             meta["max_abs_diff_vs_pytorch"] = _export_torchscript(model, meta, out)

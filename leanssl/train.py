@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import distributed
 from .data.loader import DeviceLoader
 from .data.sources import open_dataset, stratified_subset
 from .errors import LeansslError
+from .export import write_safetensors
 from .methods import get_method
 from .methods.base import DataInfo, config_from_args
 from .models.backbones import build_backbone, check_backbone_name
@@ -50,7 +50,8 @@ from .models.backbones import build_backbone, check_backbone_name
 MAX_SKIPS_IN_A_ROW = 20
 
 # Fields that must match for --resume to continue the same run.
-_RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args")
+_RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args",
+                 "all_images")
 
 
 @dataclass
@@ -83,6 +84,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; the run ends when they are spent (epochs is then a cap)
     sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     dist_timeout: float = 300.0      # under torchrun: seconds a collective may wait for another rank before failing
+    all_images: bool = False         # pretrain on the test split's images too (nothing of the source held out)
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch_size / 256
@@ -316,11 +318,84 @@ def _open_run(cfg: TrainConfig, out: Path, ckpt_path: Path, resume: bool) -> dic
     saved = config_from_dict(state.get("config"), ckpt_path)
     if cfg.resolution is None:
         cfg.resolution = saved.resolution
-    diff = [k for k in _RUN_IDENTITY if getattr(saved, k) != getattr(cfg, k)]
+    # A larger batch may have been capped to the data (checked again once the data is open).
+    diff = [k for k in _RUN_IDENTITY if getattr(saved, k) != getattr(cfg, k)
+            and not (k == "batch_size" and cfg.batch_size > saved.batch_size)]
     if diff:
         raise LeansslError(f"--resume: this run was started with different {', '.join(diff)} "
                            f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in diff)})")
+    _check_schedule(cfg, saved, state)
     return state
+
+
+def _schedule_text(epochs: int, budget: float | None) -> str:
+    return f"--budget {budget:g}s" if budget is not None else f"--epochs {epochs}"
+
+
+def _check_schedule(cfg: TrainConfig, saved: TrainConfig, state: dict) -> None:
+    """--resume continues the schedule it was planned with: a longer one would restart the lr cosine mid-run."""
+    if (cfg.epochs, cfg.time_budget) == (saved.epochs, saved.time_budget):
+        return
+    asked, planned = _schedule_text(cfg.epochs, cfg.time_budget), _schedule_text(saved.epochs, saved.time_budget)
+    finished = state["epoch"] >= saved.epochs or (saved.time_budget is not None and state["elapsed"] >= saved.time_budget)
+    if finished:
+        raise LeansslError(f"--resume: this run finished ({planned}) and its learning rate has decayed to zero; "
+                           f"continuing with {asked} would restart the schedule. Train longer in a new run: "
+                           f"the same command with {asked} and another --out")
+    raise LeansslError(f"--resume: this run's learning-rate schedule was planned for {planned}; resume with "
+                       f"{planned} (or no length flag), or start a new run with {asked} in another --out")
+
+
+def _with_test_images(cfg: TrainConfig, ds, x: np.ndarray, main: bool) -> np.ndarray:
+    """The pretraining images: with --all-images the test split's too; else a note when a split was held out."""
+    n_test = len(ds.test) if ds.test is not None else 0
+    if cfg.all_images and n_test:
+        if cfg.fraction != 1.0:
+            raise LeansslError("use either --all-images or --fraction, not both")
+        if main:
+            print(f"leanssl: note: --all-images: pretraining on all {len(x) + n_test} images, the {n_test} of the test "
+                  f"split included (an eval on this source's test split is then not on unseen images)", file=sys.stderr)
+        return np.concatenate([np.asarray(x), np.asarray(ds.test.x)])
+    if ds.held_out and main:
+        print(f"leanssl: note: {cfg.data} is labelled but has no test split: {n_test} images (20% of each class, "
+              f"seeded) are held out as the test split for eval, so pretraining uses {len(x)} of "
+              f"{len(ds.pretrain) + n_test}; --all-images pretrains on every image", file=sys.stderr)
+    return x
+
+
+def _cap_batch(cfg: TrainConfig, n: int, world: int, main: bool) -> None:
+    """A batch larger than the data becomes the data (a multiple of the processes), with a note."""
+    if n >= cfg.batch_size:
+        return
+    capped = n - n % world
+    if capped < 2 * world:
+        raise LeansslError(f"only {n} training images: too few for a batch of at least 2 per process")
+    if main:
+        lr = "" if cfg.lr is not None else " (the default lr scales with it)"
+        print(f"leanssl: note: only {n} training images: batch size capped from {cfg.batch_size} to {capped}{lr}",
+              file=sys.stderr)
+    cfg.batch_size = capped
+
+
+def _start_line(cfg: TrainConfig, n: int, device, steps_per_epoch: int, total_steps: int) -> str:
+    """What is about to happen, in one line, before any step: the user can stop a mistake at once."""
+    length = (f"for {cfg.time_budget:g} s (--budget; at most {cfg.epochs} epochs)" if cfg.time_budget is not None
+              else f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)} x {steps_per_epoch} steps = {total_steps} steps")
+    return (f"leanssl: training {cfg.method} ({cfg.backbone}) on {n} images of {cfg.data} at {cfg.resolution} px, "
+            f"batch {cfg.batch_size}, lr {cfg.base_lr():.4g}, {length}, on {device} -> {cfg.out}")
+
+
+def _resume_line(cfg: TrainConfig, step: int, total_steps: int, epoch: int, elapsed: float) -> str:
+    if cfg.time_budget is not None:
+        done, where = elapsed >= cfg.time_budget, f"{elapsed:.0f} s of the {cfg.time_budget:g} s budget spent, step {step}"
+    else:
+        done, where = step >= total_steps, f"step {step} of {total_steps}, {epoch} of {cfg.epochs} epochs done"
+    return f"leanssl: this run had already finished ({where}): nothing to train" if done else f"leanssl: resuming ({where})"
+
+
+def _json_safe(summary: dict) -> dict:
+    """NaN/inf (a run with no finished epoch has no loss) as null: summary.json stays strict JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
 
 
 def _signum(name: str | None) -> int:
@@ -359,6 +434,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
         state = ctx.on_main(lambda: _open_run(cfg, out, ckpt_path, resume))
         if state is not None and cfg.resolution is None:
             cfg.resolution = state["config"]["resolution"]
+        if state is not None:  # rank 0 checked them against its command line
+            cfg.epochs, cfg.time_budget = state["config"]["epochs"], state["config"]["time_budget"]
 
     def open_data():
         first = ctx is None or ctx.local_rank == 0
@@ -374,8 +451,11 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     x = ds.pretrain.x
     if cfg.fraction != 1.0:
         x = x[stratified_subset(ds.pretrain.y, len(x), cfg.fraction, cfg.seed)]
-    if len(x) < cfg.batch_size:
-        raise LeansslError(f"only {len(x)} training images but --batch-size {cfg.batch_size}: lower the batch size")
+    x = _with_test_images(cfg, ds, x, main)
+    _cap_batch(cfg, len(x), 1 if ctx is None else ctx.world, main)
+    if state is not None and cfg.batch_size != state["config"]["batch_size"]:
+        raise LeansslError(f"--resume: this run was started with different batch_size "
+                           f"(batch_size={state['config']['batch_size']})")
     info = DataInfo(len(x), ds.channels, ds.resolution, tuple(ds.mean), tuple(ds.std))
 
     if main:
@@ -393,6 +473,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
     start_epoch, elapsed, last_loss, skipped_steps, images_seen, peak_before = 0, 0.0, float("nan"), 0, 0, 0.0
+    if main:
+        print(_start_line(cfg, len(x), device, steps_per_epoch, total_steps), file=sys.stderr)
     if state is not None:
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -404,6 +486,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
         # A killed run may have logged steps after its checkpoint: they are replayed, so drop them.
         resume_step = start_epoch * steps_per_epoch + state.get("step_in_epoch", 0)
         if main:
+            print(_resume_line(cfg, resume_step, total_steps, start_epoch, elapsed), file=sys.stderr)
             _truncate_csv(out / "log.csv", lambda r: int(r["step"]) < resume_step)
             _truncate_csv(out / "epochs.csv", lambda r: int(r["epoch"]) <= start_epoch)
     else:
@@ -536,7 +619,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
             with open(epochs_csv, "a") as f:
                 f.write(f"{epoch + 1},{last_loss:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
         if cfg.progress and main:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {last_loss:.4f}  {rate:.0f} img/s  {seconds:.1f}s")
+            which = f"{epoch + 1}/{cfg.epochs}" if cfg.time_budget is None else f"{epoch + 1} ({_budget_left(cfg, elapsed)} left)"
+            tqdm.write(f"epoch {which}  loss {last_loss:.4f}  {rate:.0f} img/s  {seconds:.1f}s")
         _save_checkpoint(ckpt_path, method, opt, cfg, ctx, epoch=epoch + 1, step_in_epoch=0, loss=last_loss,
                          elapsed=elapsed, skipped_steps=skipped_steps, images_seen=images_seen, rate_from=rate_from,
                          peak_mem_mb=max(peak_before, peak_memory_mb(device)))
@@ -547,7 +631,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
 
     done = epochs_done >= cfg.epochs or (cfg.time_budget is not None and elapsed >= cfg.time_budget)
     if done and main:
-        save_file({k: v.contiguous() for k, v in method.backbone.state_dict().items()}, str(out / "backbone.safetensors"))
+        write_safetensors({k: v.contiguous() for k, v in method.backbone.state_dict().items()}, out / "backbone.safetensors")
     interrupted_by = stop.signal if ctx is None else (signal.Signals(signum).name if signum else None)
     summary = {"method": cfg.method, "backbone": cfg.backbone, "data": cfg.data, "fraction": cfg.fraction,
                "train_images": len(x), "epochs_done": epochs_done, "steps_done": steps_done, "epochs": cfg.epochs,
@@ -558,8 +642,9 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                "peak_mem_mb": max(peak_before, peak_memory_mb(device)), "device": str(device),  # over all invocations
                "processes": 1 if ctx is None else ctx.world,
                "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": interrupted_by}
+    summary = _json_safe(summary)
     if main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     if interrupted_by is not None:
         raise TrainingInterrupted(summary)
     return summary

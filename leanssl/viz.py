@@ -75,11 +75,13 @@ def _thumb(image: np.ndarray, side: int) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a)).convert("RGB").resize((side, side), Image.Resampling.NEAREST)
 
 
-def neighbour_grid_png(emb: Embeddings, queries: np.ndarray, k: int, out: Path, side: int = 64) -> np.ndarray:
+def neighbour_grid_png(emb: Embeddings, queries: np.ndarray, k: int, out: Path, side: int = 64,
+                       title: str = "") -> np.ndarray:
     """One row per query: the query, a gap, then its k nearest neighbours by cosine similarity.
 
-    A neighbour is framed green when its label matches the query's, red when not (grey: no labels).
-    Returns the (len(queries), k) neighbour rows.
+    A title and column headers on top; each image's class name under it; a neighbour is framed
+    green when its label matches the query's, red when not (no frame: no labels), as the legend
+    at the bottom says. Returns the (len(queries), k) neighbour rows.
     """
     import torch
     import torch.nn.functional as F
@@ -88,18 +90,38 @@ def neighbour_grid_png(emb: Embeddings, queries: np.ndarray, k: int, out: Path, 
     sim = z[torch.as_tensor(queries)] @ z.T
     sim[torch.arange(len(queries)), torch.as_tensor(queries)] = -float("inf")  # not its own neighbour
     nbrs = sim.topk(min(k, len(emb) - 1), dim=1).indices.numpy()
-    pad, gap = 4, side // 2
-    cell = side + 2 * pad
-    img = Image.new("RGB", (cell * (nbrs.shape[1] + 1) + gap, cell * len(queries)), "white")
+    labelled = bool((emb.label >= 0).any())
+    pad, gap, caption = 4, side // 2, 16 if labelled else 0
+    cell, row_h, head, foot = side + 2 * pad, side + 2 * pad + caption, 56, 30 if labelled else 0
+    width = max(cell * (nbrs.shape[1] + 1) + gap, 520)
+    img = Image.new("RGB", (width, head + row_h * len(queries) + foot), "white")
     d = ImageDraw.Draw(img)
+    small = _font(11)
+    d.text((pad, 6), title or "nearest neighbours", fill="black", font=_font(15))
+    d.text((pad, 34), "query", fill="black", font=_font(13))
+    d.text((cell + gap + pad, 34), f"its {nbrs.shape[1]} nearest neighbours by cosine similarity, nearest first",
+           fill="black", font=_font(13))
+
+    def name(row: int) -> str:
+        c = int(emb.label[row])
+        return "" if c < 0 else (emb.classes[c] if emb.classes and c < len(emb.classes) else str(c))[:12]
+
     for i, q in enumerate(queries):
-        img.paste(_thumb(emb.image(int(q)), side), (pad, i * cell + pad))
+        y0 = head + i * row_h
+        img.paste(_thumb(emb.image(int(q)), side), (pad, y0 + pad))
+        d.text((pad, y0 + cell), name(int(q)), fill="black", font=small)
         for j, n in enumerate(nbrs[i]):
-            x0, y0 = cell * (j + 1) + gap, i * cell
+            x0 = cell * (j + 1) + gap
             if emb.label[q] >= 0 and emb.label[n] >= 0:
                 same = emb.label[n] == emb.label[q]
                 d.rectangle((x0 + 1, y0 + 1, x0 + cell - 2, y0 + cell - 2), fill="#2ca02c" if same else "#d62728")
             img.paste(_thumb(emb.image(int(n)), side), (x0 + pad, y0 + pad))
+            d.text((x0 + pad, y0 + cell), name(int(n)), fill="black", font=small)
+    if labelled:
+        y = head + row_h * len(queries) + 8
+        for x, colour, text in ((pad, "#2ca02c", "same class as the query"), (220, "#d62728", "another class")):
+            d.rectangle((x, y, x + 14, y + 14), fill=colour)
+            d.text((x + 20, y), text, fill="black", font=_font(13))
     img.save(out)
     return nbrs
 
@@ -116,5 +138,5 @@ def draw_map(emb: Embeddings, out_dir, title: str = "", max_points: int = 5000, 
     scatter_png(xy, emb.label[rows], emb.classes, out / "map.png", f"{title}  {how}, {shown}".strip(), seed)
     write_csv(out / "map.csv", [{**rec, "x": float(a), "y": float(b)} for rec, (a, b) in zip(emb.rows(rows), xy)])
     q = rng.choice(len(emb), size=min(queries, len(emb)), replace=False)
-    neighbour_grid_png(emb, q, neighbours, out / "neighbours.png")
+    neighbour_grid_png(emb, q, neighbours, out / "neighbours.png", title=title)
     return {"map": out / "map.png", "coordinates": out / "map.csv", "neighbours": out / "neighbours.png"}

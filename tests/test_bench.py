@@ -156,3 +156,67 @@ def test_claims_and_pareto_front_from_known_numbers():
     assert verdict == "mixed (1 of 2)" and any("essl lower here" in ln for ln in lines)  # linear below simclr's
     assert claim_accuracy(cells, "budget")[0] == "not tested"  # npid is single-view: nothing to compare
     assert _pareto([(1, 50), (2, 40), (3, 60), (3, 55), (4, 60)]) == [(1, 50), (3, 60)]
+
+
+def _two_cell_budget_grid():
+    """The issue's grid: essl and simclr, one fraction, 30 s each; raw pixels beat both."""
+    def cell(method, seconds, rate, knn, linear, flops):
+        return {"method": method, "backbone": "small_cnn", "fraction": 0.1, "mode": "budget", "epochs": 10_000,
+                "budget": 30.0, "train_seconds": seconds, "images_per_s": rate, "images_seen": int(rate * seconds),
+                "flops_per_image": flops, "best_epoch_images_per_s": None,
+                "curve": [{"seconds": 0.0, "knn_top1": 0.3, "step": 0}, {"seconds": seconds, "knn_top1": knn, "step": 9}],
+                "eval": {"knn_top1": knn, "linear_top1": linear, "eval_test_images": 2000}}
+    cells = [cell("essl", 31.57, 104.0, 0.700, 0.740, 1e8), cell("simclr", 31.86, 114.0, 0.710, 0.730, 2e8)]
+    floors = {"raw pixels": {"knn_top1": 0.75, "linear_top1": 0.78}, "random small_cnn": {"knn_top1": 0.5,
+                                                                                           "linear_top1": 0.6}}
+    return cells, floors
+
+
+def test_verdicts_within_the_noise_are_inconclusive():
+    cells, _ = _two_cell_budget_grid()
+    verdict, lines = claim_overhead(cells)  # 104 vs 114 img/s from one run each: within ±10%
+    assert verdict.startswith("inconclusive") and "within the ±10% noise" in lines[0]
+    verdict, lines = claim_accuracy(cells, "budget")  # -1.0 kNN, +1.0 linear on 2000 test images: ±2.9
+    assert verdict.startswith("inconclusive") and "(±2.9)" in lines[0]
+    cells[1]["images_per_s"], cells[1]["eval"]["knn_top1"], cells[1]["eval"]["linear_top1"] = 60.0, 0.60, 0.62
+    assert claim_overhead(cells)[0] == "held" and claim_accuracy(cells, "budget")[0] == "held"
+
+
+def test_plots_draw_floors_start_cost_at_zero_and_skip_what_the_grid_cannot_fill(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from leanssl.bench.report import plot_cost, unfillable_plots, write_plots
+
+    cells, floors = _two_cell_budget_grid()
+    assert set(unfillable_plots(cells)) == {"accuracy_vs_fraction"}  # one fraction: no line to draw
+    (tmp_path / "accuracy_vs_fraction.png").write_bytes(b"stale")
+    paths = write_plots(cells, tmp_path, floors)
+    assert [p.name for p in paths] == ["accuracy_vs_cost.png", "accuracy_vs_time.png"]
+    assert not (tmp_path / "accuracy_vs_fraction.png").exists()
+    captured = {}
+    real_close = plt.close
+    plt.close = lambda fig: captured.setdefault("fig", fig)
+    try:
+        plot_cost(cells, tmp_path / "c.png", plt, floors)
+    finally:
+        plt.close = real_close
+    ax = captured["fig"].axes[0]
+    assert ax.get_xlim()[0] == 0  # 31.57 vs 31.86 s drawn from zero: a 0.3-s gap looks like one
+    floor_ys = sorted(line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "-"
+                      and len(line.get_ydata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1])
+    assert floor_ys == [50.0, 75.0]  # random init and raw pixels
+    real_close(captured["fig"])
+
+
+def test_dry_run_estimates_the_grid_asked_for(capsys):
+    assert main(["bench", "--data", "digits", "--methods", "essl,simclr", "--fractions", "0.1", "--budget", "30s",
+                 "--dry-run"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("2 cells, batch 256") and "1.0 min of training in the budget cells" in head
+    assert "45-60" not in head  # the full profile's estimate is not this grid's
+    assert main(["bench", "--data", "digits", "--dry-run"]) == 0
+    assert "the full cpu profile: about 45-60 minutes" in capsys.readouterr().out.splitlines()[0]

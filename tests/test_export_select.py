@@ -112,7 +112,7 @@ def test_embed_map_select_commands(run, tiny_npz, tmp_path):
             assert im.width > 100 and im.height > 50 and len(im.getcolors(1 << 16) or ()) > 3  # not blank
     assert len(list(csv.DictReader(open(tmp_path / "map" / "map.csv")))) == 96
 
-    assert main(["select", str(run), *common, "--budget", "6", "--out", str(tmp_path / "s.csv")]) == 0
+    assert main(["select", str(run), *common, "--count", "6", "--out", str(tmp_path / "s.csv")]) == 0
     picks = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert len(picks) == 6 and len({p["row"] for p in picks}) == 6 and all(p["split"] == "train" for p in picks)
 

@@ -111,7 +111,7 @@ def test_pinned_evaluation_defaults():
     (["train", "--data", "mnist:/no/such/path", "--epochs", "1"], "not found"),
     (["train", "--data", "digits", "--backbone", "resnet1800", "--epochs", "1"], "unknown backbone 'resnet1800'"),
     (["train", "--data", "digits", "--method", "nosuch", "--epochs", "1"], "unknown method 'nosuch'"),
-    (["eval", "/no/such/run", "--data", "digits"], "not a leanssl run folder"),
+    (["eval", "/no/such/run", "--data", "digits"], "no such run folder or exported backbone"),
 ])
 def test_bad_input_gives_one_line_error_and_nonzero_exit(argv, needle, tmp_path):
     r = subprocess.run([sys.executable, "-m", "leanssl.cli", *argv, "--out" if argv[0] == "train" else "--seed",

@@ -172,3 +172,20 @@ def check_names(cells: list[Cell]) -> None:
                            f"choose from {', '.join(sorted(METHODS))}")
     for name in dict.fromkeys(c.backbone for c in cells):
         check_backbone_name(name)
+
+
+def estimate(cells: list[Cell], profile: Profile) -> str:
+    """How long this grid takes, as far as it can be said before running it: the profile's measured estimate
+    for its own full grid; for another grid, the training time its budget cells fix (epoch cells depend on
+    the machine, so they are counted, not timed)."""
+    if cells == build_grid(profile):
+        return f"the full {profile.name} profile: {profile.about}"
+    budget = sum(c.budget for c in cells if c.budget is not None)
+    epochs = sum(1 for c in cells if c.budget is None)
+    parts = []
+    if budget:
+        parts.append(f"{budget / 60:.1f} min of training in the budget cells")
+    if epochs:
+        parts.append(f"{epochs} equal-epoch cell(s) whose time depends on the machine")
+    return " + ".join(parts) + ", plus each cell's evaluation and the floors (not estimated)"
+

@@ -77,10 +77,44 @@ def floors_table(floors: dict) -> list[str]:
 # the paper's claims
 
 
-def _verdict(held: int, total: int) -> str:
+# Throughput differences below this are not called either way: on a shared machine, repeated short runs of
+# one cell differ about this much (a cell's own epochs, when it has several, may show more: see _rate_noise).
+RATE_NOISE = 0.10
+
+
+def _verdict(outcomes: list) -> str:
+    """One verdict from comparisons that held (True), did not (False) or were within the noise (None)."""
+    total, held, failed = len(outcomes), outcomes.count(True), outcomes.count(False)
+    unsure = total - held - failed
     if total == 0:
         return "not tested"
-    return "held" if held == total else ("did not hold" if held == 0 else f"mixed ({held} of {total})")
+    if held == total:
+        return "held"
+    if failed == total:
+        return "did not hold"
+    if unsure == total:
+        return "inconclusive (every difference within the noise)"
+    if unsure == 0:
+        return f"mixed ({held} of {total})"
+    return f"mixed ({held} held, {failed} did not, {unsure} within the noise, of {total})"
+
+
+def _call(diff: float, margin: float):
+    """True / False when `diff` is beyond the noise `margin` either way, None (inconclusive) within it."""
+    return True if diff > margin else (False if diff < -margin else None)
+
+
+def _rate_noise(*cells: dict) -> float:
+    """Relative noise of measured images/s: the spread between a cell's mean and fastest epoch, at least RATE_NOISE."""
+    spreads = [r["best_epoch_images_per_s"] / r["images_per_s"] - 1 for r in cells
+               if r.get("best_epoch_images_per_s") and r.get("images_per_s")]
+    return max([RATE_NOISE] + spreads)
+
+
+def _acc_variance(r: dict, key: str) -> float:
+    """Binomial variance of a top-1 accuracy on the cell's test images (0 when their number is unknown)."""
+    n, p = r["eval"].get("eval_test_images"), r["eval"][key]
+    return p * (1 - p) / n if n else 0.0
 
 
 def _pairs(cells: list[dict], mode: str | None = None):
@@ -101,29 +135,36 @@ def _where(r: dict) -> str:
 
 def claim_overhead(cells: list[dict]) -> tuple[str, list[str]]:
     pairs = list(_pairs(cells))
-    lines, held = [], 0
+    lines, outcomes = [], []
     for e, m in pairs:
-        f_ratio = m["flops_per_image"] / e["flops_per_image"]
+        f_ratio = m["flops_per_image"] / e["flops_per_image"]  # counted: no noise
         s_ratio = (e["images_per_s"] or 0) / max(m["images_per_s"] or 1e-9, 1e-9)
-        ok = f_ratio > 1 and s_ratio > 1
-        held += ok
+        noise = _rate_noise(e, m)
+        speed = _call(s_ratio - 1, noise)
+        ok = False if f_ratio <= 1 or speed is False else speed
+        outcomes.append(ok)
         lines.append(f"  - {_where(e)}: `{m['method']}` needs {f_ratio:.2f}× essl's FLOPs per image; essl trains "
                      f"{s_ratio:.2f}× as many images/s ({e['images_per_s'] or 0:.0f} vs {m['images_per_s'] or 0:.0f})"
-                     + ("" if ok else " — **not less overhead here**"))
-    return _verdict(held, len(pairs)), lines
+                     + ("" if ok else " — **not less overhead here**" if ok is False else
+                        f" — images/s within the ±{100 * noise:.0f}% noise of one run per cell: inconclusive"))
+    return _verdict(outcomes), lines
 
 
 def claim_accuracy(cells: list[dict], mode: str) -> tuple[str, list[str]]:
     pairs = list(_pairs(cells, mode))
-    lines, held = [], 0
+    lines, outcomes = [], []
     for e, m in pairs:
-        knn = e["eval"]["knn_top1"] - m["eval"]["knn_top1"]
-        lin = e["eval"]["linear_top1"] - m["eval"]["linear_top1"]
-        ok = knn >= 0 and lin >= 0
-        held += ok
-        lines.append(f"  - {_where(e)}: essl − `{m['method']}` = {100 * knn:+.1f} kNN, {100 * lin:+.1f} linear"
-                     + ("" if ok else " — **essl lower here**"))
-    return _verdict(held, len(pairs)), lines
+        calls, text = [], []
+        for key, name in (("knn_top1", "kNN"), ("linear_top1", "linear")):
+            diff = e["eval"][key] - m["eval"][key]
+            margin = 2 * (_acc_variance(e, key) + _acc_variance(m, key)) ** 0.5  # about a 95% interval
+            calls.append(_call(diff, margin))
+            text.append(f"{100 * diff:+.1f} {name}" + (f" (±{100 * margin:.1f})" if margin else ""))
+        ok = False if False in calls else (None if None in calls else True)
+        outcomes.append(ok)
+        lines.append(f"  - {_where(e)}: essl − `{m['method']}` = {', '.join(text)}"
+                     + ("" if ok else " — **essl lower here**" if ok is False else " — within the noise: inconclusive"))
+    return _verdict(outcomes), lines
 
 
 def _gaps(cells: list[dict], vary: str) -> dict:
@@ -133,24 +174,24 @@ def _gaps(cells: list[dict], vary: str) -> dict:
     for r in cells:
         by_group[_group(r)][r["method"]] = r
     for g, by in by_group.items():
-        others = [by[m]["eval"]["knn_top1"] for m in MULTI_VIEW if m in by]
-        if "essl" not in by or not others:
+        if "essl" not in by or not any(m in by for m in MULTI_VIEW):
             continue
         backbone, fraction, mode, length = g
         rest = (mode, length) + ((backbone,) if vary == "fraction" else (fraction,))
         x = fraction if vary == "fraction" else by["essl"]["flops_per_image"]
-        out[rest][x] = (by["essl"]["eval"]["knn_top1"] - max(others), backbone)
+        best = max((by[m] for m in MULTI_VIEW if m in by), key=lambda r: r["eval"]["knn_top1"])
+        var = _acc_variance(by["essl"], "knn_top1") + _acc_variance(best, "knn_top1")
+        out[rest][x] = (by["essl"]["eval"]["knn_top1"] - best["eval"]["knn_top1"], backbone, var)
     return {k: v for k, v in out.items() if len(v) >= 2}
 
 
 def claim_grows(cells: list[dict], vary: str) -> tuple[str, list[str]]:
     """The gap is larger at the smallest fraction (or cheapest backbone) than at the largest."""
-    lines, held, total = [], 0, 0
+    lines, outcomes = [], []
     for rest, series in sorted(_gaps(cells, vary).items(), key=str):
         xs = sorted(series)
-        small, large = series[xs[0]][0], series[xs[-1]][0]
-        total += 1
-        held += small > large
+        (small, _, v_small), (large, _, v_large) = series[xs[0]], series[xs[-1]]
+        outcomes.append(_call(small - large, 2 * (v_small + v_large) ** 0.5))
         if vary == "fraction":
             where = f"{rest[2]}, {rest[1]:g} s" if rest[0] == "budget" else f"{rest[2]}, {rest[1]} epochs"
             pts = ", ".join(f"{x:g}: {100 * series[x][0]:+.1f}" for x in xs)
@@ -160,7 +201,7 @@ def claim_grows(cells: list[dict], vary: str) -> tuple[str, list[str]]:
             pts = ", ".join(f"{series[x][1]}: {100 * series[x][0]:+.1f}" for x in xs)
             lines.append(f"  - {where}: essl − best multi-view kNN, backbones from smallest to largest "
                          f"(by essl's FLOPs/image): {pts}")
-    return _verdict(held, total), lines
+    return _verdict(outcomes), lines
 
 
 def claims_section(cells: list[dict]) -> list[str]:
@@ -180,7 +221,11 @@ def claims_section(cells: list[dict]) -> list[str]:
              "Cao & Wu (arXiv 2404.19289) claim that single-branch essl trains with less overhead than two-branch "
              "methods at equal or better accuracy, and that its advantage grows as data and model shrink. "
              "Checked here only on the cells this grid holds, at these (short) training lengths; "
-             "`held` means in every comparison the grid allows.", ""]
+             "`held` means in every comparison the grid allows. A difference is called only beyond its noise: "
+             "accuracies beyond twice the binomial standard error on the test images (±, about a 95% interval), "
+             f"images/s beyond ±{100 * RATE_NOISE:.0f}% (or a cell's own epoch-to-epoch spread, if larger): one run "
+             "per cell on a shared machine varies that much. Within it a comparison is *inconclusive*; "
+             "repeating cells (other seeds) would narrow it.", ""]
     for text, (verdict, detail) in checks:
         lines.append(f"- **{verdict}**: {text}." + ("" if detail else " The grid holds no cells to compare."))
         lines += detail
@@ -214,7 +259,7 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def _grid(plt, n: int, cols: int, w: float = 4.2, h: float = 3.4, rows_of: int | None = None):
     cols = max(1, min(cols, n))
     rows = rows_of or -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(w * cols, 7.5), h * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(w * cols, 7.5), h * rows + 0.6), squeeze=False)  # + the titles
     return fig, axes
 
 
@@ -228,6 +273,26 @@ def _log_x(ax, values) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _floor_lines(ax, floors: dict, backbones, key: str = "knn_top1", ls: str = "-") -> None:
+    """The floors a panel's cells should beat: raw pixels and its backbones at random init, as labelled lines."""
+    for name, ev in floors.items():
+        if ev.get(key) is None or not (name == "raw pixels" or name.removeprefix("random ") in backbones):
+            continue
+        y = 100 * ev[key]
+        ax.axhline(y, color="dimgrey" if name == "raw pixels" else "silver", lw=1, ls=ls, zorder=1)
+        ax.annotate(f"{name} ({key.split('_')[0]})", (0.01, y), xycoords=("axes fraction", "data"), fontsize=6.5,
+                    color="dimgrey", va="bottom")
+
+
+def _zero_x(ax, values) -> str:
+    """Start a linear cost axis at zero (a narrow range would make small differences look large); say when log."""
+    _log_x(ax, values)
+    if ax.get_xscale() == "log":
+        return " (log: the costs span more than a decade)"
+    ax.set_xlim(left=0, right=max(values, default=1) * 1.08)
+    return ""
+
+
 def _finish(fig, plt, path: Path, title: str, colours, markers=None) -> None:
     """Title, one legend for the whole figure (methods, and backbones by marker), save, close."""
     from matplotlib.lines import Line2D
@@ -237,12 +302,12 @@ def _finish(fig, plt, path: Path, title: str, colours, markers=None) -> None:
     if markers and len(markers) > 1:
         handles += [Line2D([], [], color="grey", marker=k, linestyle="", label=b) for b, k in markers.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))  # (tight_layout leaves the suptitle its room)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_cost(cells: list[dict], path: Path, plt) -> None:
+def plot_cost(cells: list[dict], path: Path, plt, floors: dict | None = None) -> None:
     colours, markers = _style(cells)
     fractions = sorted({r["fraction"] for r in cells})
     costs = [("train_seconds", "training wall-clock (s)", 1.0),
@@ -264,20 +329,26 @@ def plot_cost(cells: list[dict], path: Path, plt) -> None:
                     zorder=2)
             ax.scatter([p[0] for p in front], [p[1] for p in front], s=110, facecolors="none", edgecolors="black",
                        lw=0.8, zorder=2)
-            _log_x(ax, [p[0] for p in pts])
-            ax.set_xlabel(label, fontsize=8)
+            _floor_lines(ax, floors or {}, {r["backbone"] for r in here})
+            ax.set_xlabel(label + _zero_x(ax, [p[0] for p in pts]), fontsize=8)
             ax.set_ylabel("kNN top-1 (%)", fontsize=8)
             ax.set_title(f"data fraction {f:g}", fontsize=9)
             ax.grid(alpha=0.3)
     _finish(fig, plt, path, "Accuracy vs cost\nfilled: equal epochs, open: equal wall-clock; ringed and dashed: "
-            "Pareto front", colours, markers)
+            "Pareto front\ngrey lines: floors (raw pixels, random init)", colours, markers)
 
 
-def plot_fraction(cells: list[dict], path: Path, plt) -> None:
-    colours, _ = _style(cells)
+def _fraction_groups(cells: list[dict]) -> dict:
+    """Cells trained alike but for the data fraction, where there are at least two fractions to draw a line."""
     groups = defaultdict(list)
     for r in cells:
         groups[(r["backbone"], r["mode"], _length(r))].append(r)
+    return {g: rs for g, rs in groups.items() if len({r["fraction"] for r in rs}) >= 2}
+
+
+def plot_fraction(cells: list[dict], path: Path, plt, floors: dict | None = None) -> None:
+    colours, _ = _style(cells)
+    groups = _fraction_groups(cells)
     keys = sorted(groups, key=lambda g: (-len({r["fraction"] for r in groups[g]}), g))
     fig, axes = _grid(plt, len(keys), 3)
     for ax in axes.flat[len(keys):]:
@@ -292,15 +363,18 @@ def plot_fraction(cells: list[dict], path: Path, plt) -> None:
             ax.plot(xs, [100 * r["eval"]["knn_top1"] for r in rs], color=colours[m], marker="o", label=f"{m} kNN")
             ax.plot(xs, [100 * r["eval"]["linear_top1"] for r in rs], color=colours[m], marker="s", ls=":",
                     label=f"{m} linear")
+        _floor_lines(ax, floors or {}, {g[0]})
+        _floor_lines(ax, floors or {}, {g[0]}, "linear_top1", ":")
         _log_x(ax, [r["fraction"] for r in groups[g]])
         ax.set_xlabel("pretraining data fraction", fontsize=8)
         ax.set_ylabel("top-1 (%)", fontsize=8)
         ax.set_title(f"{g[0]}, {g[2]}", fontsize=9)
         ax.grid(alpha=0.3)
-    _finish(fig, plt, path, "Accuracy vs pretraining data fraction\nsolid: kNN, dotted: linear probe", colours)
+    _finish(fig, plt, path, "Accuracy vs pretraining data fraction\nsolid: kNN, dotted: linear probe\n"
+            "grey: floors (raw pixels, random init)", colours)
 
 
-def plot_time(cells: list[dict], path: Path, plt) -> None:
+def plot_time(cells: list[dict], path: Path, plt, floors: dict | None = None) -> None:
     colours, _ = _style(cells)
     groups = defaultdict(list)
     for r in cells:
@@ -316,15 +390,27 @@ def plot_time(cells: list[dict], path: Path, plt) -> None:
             ax.plot([p["seconds"] for p in pts], [100 * p["knn_top1"] for p in pts], color=colours[r["method"]],
                     marker="o", ms=3, label=r["method"])
         r0 = groups[g][0]
+        ax.set_xlim(left=0)
         ax.set_title(f"{r0['backbone']}, fraction {r0['fraction']:g}, {_length(r0)}", fontsize=9)
         ax.set_xlabel("training seconds", fontsize=8)
         ax.set_ylabel("kNN top-1 (%), curve subsample", fontsize=8)
         ax.grid(alpha=0.3)
-    _finish(fig, plt, path, "Accuracy during training (kNN on a fixed subsample)", colours)
+    _finish(fig, plt, path, "Accuracy during training (kNN on a fixed subsample)\nfloors: see the other plots "
+            "(they are scored on the full evaluation set)", colours)
 
 
-def write_plots(cells: list[dict], folder: Path) -> list[Path]:
-    """The three PNGs; [] when matplotlib is missing (the report says so)."""
+def unfillable_plots(cells: list[dict]) -> dict[str, str]:
+    """The plots this grid cannot fill, with why (they are not drawn)."""
+    why = {}
+    if not _fraction_groups(cells):
+        why["accuracy_vs_fraction"] = "no backbone and training length was run at two or more data fractions"
+    if not any(r.get("curve") for r in cells):
+        why["accuracy_vs_time"] = "no cell has an accuracy-over-time curve"
+    return why
+
+
+def write_plots(cells: list[dict], folder: Path, floors: dict | None = None) -> list[Path]:
+    """The PNGs the grid can fill; [] when matplotlib is missing (the report says so)."""
     try:
         import matplotlib
 
@@ -333,10 +419,13 @@ def write_plots(cells: list[dict], folder: Path) -> list[Path]:
     except ImportError:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, skip = [], unfillable_plots(cells)
     for name, fn in zip(PLOTS, (plot_cost, plot_fraction, plot_time)):
         path = folder / f"{name}.png"
-        fn(cells, path, plt)
+        if name in skip:
+            path.unlink(missing_ok=True)  # a stale picture from an earlier grid would contradict the report
+            continue
+        fn(cells, path, plt, floors)
         paths.append(path)
     return paths
 
@@ -392,6 +481,7 @@ def format_report(results: dict, plots: list[Path]) -> str:
     lines += ["## Plots", ""]
     if plots:
         lines += [f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots]
+        lines += [f"- `{name}` not drawn: {why}." for name, why in unfillable_plots(cells).items()]
     else:
         lines.append("Plots skipped: matplotlib is not installed (`pip install 'leanssl[plots]'`).")
     return "\n".join(lines) + "\n"
@@ -399,7 +489,7 @@ def format_report(results: dict, plots: list[Path]) -> str:
 
 def write_report(out: Path, results: dict) -> dict:
     out = Path(out)
-    plots = write_plots(results["cells"], out / "plots") if results["cells"] else []
+    plots = write_plots(results["cells"], out / "plots", results.get("floors")) if results["cells"] else []
     path = out / "report.md"
     path.write_text(format_report(results, plots))
     return {"report": path, "plots": plots}

@@ -40,7 +40,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from leanssl.data.cache import CacheWriter, cache_root, entry_key, file_fingerprint, load_or_build
 from leanssl.errors import LeansslError
 
-__all__ = ["Split", "Dataset", "open_dataset", "stratified_subset", "per_class_subset"]
+__all__ = ["Split", "Dataset", "open_dataset", "stratified_subset", "per_class_subset",
+           "held_out_test_split"]
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist/"
 # Formats PIL may lack a plugin for (HEIC, SVG, ...) are listed too: such files are then reported
@@ -80,6 +81,7 @@ class Dataset:
     std: tuple[float, ...]
     skipped: list[tuple[str, str]]
     cache_path: str = ""  # the cache entry folder these arrays are mapped from
+    held_out: bool = False  # the test split was held out of a labelled source without one (80/20, per class)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class _Source:
     fingerprint: list  # what identifies the source's current contents
     default_resolution: int
     build: Callable[[CacheWriter, int, bool, bool], dict] = field(repr=False)
+    held_out: bool = False  # labelled with no test split of its own: a seeded 20% of each class is the test split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +126,14 @@ def open_dataset(
     if strict and meta["skipped"]:
         bad, reason = meta["skipped"][0]
         raise LeansslError(f"cannot decode image {bad}: {reason}")
-    return _assemble(spec, src.name, meta, arrays, path)
+    ds = _assemble(spec, src.name, meta, arrays, path)
+    ds.held_out = src.held_out
+    return ds
+
+
+def held_out_test_split(spec: str) -> bool:
+    """Whether SPEC is labelled without a test split, so that open_dataset holds 20% of each class out as one."""
+    return _locate(spec).held_out
 
 
 def stratified_subset(y: np.ndarray | None, n: int, fraction: float, seed: int) -> np.ndarray:
@@ -181,7 +191,19 @@ def _locate(spec: str) -> _Source:
         return _locate_folder(_existing(spec, spec))
     if kind in readers:
         raise LeansslError(f"data spec '{spec}' needs a path: {kind}:PATH")
+    _not_a_folder(spec)
     raise LeansslError(UNKNOWN_SPEC.format(spec))
+
+
+def _not_a_folder(spec: str) -> None:
+    """A bare SPEC that names a file, or looks like a path that does not exist: say that, not 'unknown spec'."""
+    p = os.path.abspath(os.path.expanduser(spec))
+    if os.path.isfile(p):
+        hint = f"; for arrays use npz:{spec}" if p.endswith(".npz") else ""
+        raise LeansslError(f"data path {p} is a file, not a folder of images{hint}")
+    kind = spec.partition(":")[0]
+    if os.sep in kind or (spec.startswith(("~", ".")) and ":" not in spec):  # 'name:...' stays a spec
+        raise LeansslError(f"no such file or folder: {p}")
 
 
 def _existing(path: str, spec: str) -> str:
@@ -570,7 +592,8 @@ def _locate_npz(path: str) -> _Source:
     h, w = (shapes["x"][1], shapes["x"][2]) if layout != "nchw" else (shapes["x"][2], shapes["x"][3])
     name = "npz-" + _safe_name(Path(path).stem)
     fp = file_fingerprint([path], os.path.dirname(path))
-    return _Source("npz", name, path, fp, min(h, w), partial(_build_npz, path, name))
+    return _Source("npz", name, path, fp, min(h, w), partial(_build_npz, path, name),
+                   held_out="y" in shapes and "x_test" not in shapes)
 
 
 def _npz_shapes(path: str) -> dict[str, tuple]:
@@ -711,7 +734,8 @@ def _locate_folder(path: str) -> _Source:
           sorted(plan["train"] + plan["extra"] + plan["test"])]  # fmt: skip
     fp.append(["labels", plan["classes"]])
     fp.append(["unreadable", [os.path.relpath(d, path) for d, _ in unreadable]])  # readable again: rebuild
-    return _Source("folder", name, path, fp, 64, partial(_build_folder, path, plan))
+    return _Source("folder", name, path, fp, 64, partial(_build_folder, path, plan),
+                   held_out=plan["classes"] is not None and test_labels is None)
 
 
 def _scan(root: str, unreadable: list) -> list[tuple[str, str, int, int]]:

@@ -84,6 +84,24 @@ def load_backbone(run_dir: Path):
     return backbone, cfg, info
 
 
+def load_evaluable(path) -> tuple:
+    """(backbone, run config, data info, training state) of a run folder or an exported backbone file/folder.
+
+    The state ({"epoch", "epochs", "complete"}) says whether the weights are the finished run's or a checkpoint's.
+    """
+    from ..export import load_backbone as load_exported, read_metadata
+    from ..train import TrainConfig
+
+    path = Path(path)
+    meta = read_metadata(path)  # a clear error for a path that is neither
+    state = {k: meta.get(k) for k in ("epoch", "epochs", "complete")}
+    if (path / "config.json").is_file() and (path / "data.json").is_file():
+        return (*load_backbone(path), state)
+    info = {k: meta[k] for k in ("channels", "resolution", "mean", "std")}
+    cfg = TrainConfig(data=meta["data"], method=meta["method"], backbone=meta["architecture"])  # seed: the default 0
+    return load_exported(path), cfg, info, state
+
+
 def parse_protocols(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in names if p not in PROTOCOLS]
@@ -127,8 +145,9 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
     _check_settings(settings)
     protocols = list(protocols)
     dev = resolve_device(device)
+    run_state = None
     if backbone is None:
-        backbone, run_cfg, info = load_backbone(run_dir)
+        backbone, run_cfg, info, run_state = load_evaluable(run_dir)
     ds = open_dataset(data, info["resolution"], cache_dir, progress=progress)
     if ds.train is None or ds.test is None or ds.train.y is None:
         raise LeansslError(f"evaluation needs a labelled train and test split, and '{data}' has none")
@@ -195,7 +214,9 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
               "train_images": len(xtr), "test_images": len(ds.test.x), "labels_per_class": labels_per_class,
               "label_fraction": fraction, "num_classes": num_classes,
               "resolution": info["resolution"], "data_channels": ds.channels, "model_channels": info["channels"],
-              "knn_k": settings.knn_k, "knn_t": settings.knn_t, "protocols": protocols, "device": str(dev), "seed": seed,
+              "run_epoch": (run_state or {}).get("epoch"), "run_epochs": (run_state or {}).get("epochs"),
+              "run_complete": (run_state or {}).get("complete"),
+              "knn_k": settings.knn_k, "knn_k_used": min(settings.knn_k, len(xtr)), "knn_t": settings.knn_t, "protocols": protocols, "device": str(dev), "seed": seed,
               "settings": settings.summary()}
     result.update(score(backbone, *backbone_features(backbone, "ssl"), "ssl"))
     if baselines:
@@ -205,6 +226,8 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
                                "raw_pixels": score(None, *pixel_features(xtr, ds.test.x), "pixels")}
     if report and run_dir is not None:
         path = report_path(run_dir, data, labels_per_class, fraction)
+        if Path(run_dir).is_file():  # an exported backbone: the report goes beside it
+            path = Path(run_dir).with_name(f"{Path(run_dir).stem}-{path.name}")
         try:
             write_report(path, result)
             result["report"] = str(path)

@@ -66,8 +66,8 @@ def _accuracy_rows(res: dict, cols) -> list[list[str]]:
         if any(c != "–" for c in cells):
             rows.append([name, setting] + cells)
 
-    row("kNN", f"cosine, k={s['knn_k']}, T={s['knn_t']}, weighted votes", _cell("knn_top1"))
-    row("kNN", f"k=20, T={s['knn_t']}", _cell("knn20_top1"))
+    row("kNN", f"cosine, {_k_text(s['knn_k'], res)}, T={s['knn_t']}, weighted votes", _cell("knn_top1"))
+    row("kNN", f"{_k_text(20, res)}, T={s['knn_t']}", _cell("knn20_top1"))
     row("linear probe", f"logistic regression ({res.get('linear_solver', s['linear_solver'])}), C of {cs['values']} "
         f"log-spaced in {cs['min']:.0e}..{cs['max']:.0e} chosen on a {s['val_fraction']:.0%} validation split of train, "
         f"refit on all of train; standardised features", _cell(None))
@@ -108,6 +108,20 @@ def _fewshot_lines(res: dict, cols) -> list[str]:
     return lines + _table(["episodes", "classifier"] + [title for _, title, _ in cols], rows)
 
 
+def _k_text(k: int, res: dict) -> str:
+    """k as used: at most the number of labelled training images."""
+    n = res["train_images"]
+    return f"k={k}" if k <= n else f"k={n} ({k} asked; capped at the {n} labelled images)"
+
+
+def incomplete_note(res: dict) -> str | None:
+    """What an evaluation of an unfinished run scored, or None for a finished run (or unknown state)."""
+    if res.get("run_complete") is not False:
+        return None
+    return (f"incomplete run: scored the checkpoint after epoch {res.get('run_epoch')} of {res.get('run_epochs')} "
+            f"(training is still running or was stopped; continue it with train --resume)")
+
+
 def format_report(res: dict) -> str:
     cols = _columns(res)
     labels = ("all labelled training images" if res["labels_per_class"] is None and res["label_fraction"] is None else
@@ -125,6 +139,8 @@ def format_report(res: dict) -> str:
              f"images. Every number is top-1 accuracy on the test split; nothing is tuned on it.",
              f"- Device {res['device']}, seed {res['seed']}, {time.strftime('%Y-%m-%d %H:%M')}.",
              ""]
+    if incomplete_note(res):
+        lines.insert(3, f"- **{incomplete_note(res).capitalize()}.**")
     if "baselines" not in res:
         lines += ["No baselines in this report (evaluated with --no-baselines).", ""]
     lines += _table(["protocol", "settings"] + [title for _, title, _ in cols], _accuracy_rows(res, cols))
