@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, checked
 from .. import distributed
 from ..bank import MemoryBank
 from ..errors import LeansslError
@@ -34,6 +35,8 @@ from .base import Method
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, negatives=NON_NEGATIVE, tau=POSITIVE, kl_weight=NON_NEGATIVE,
+         cutmix_alpha=NON_NEGATIVE, bank_momentum=Range(0, 1, hi_open=True), bank_lr=POSITIVE)
 class EsslConfig:
     dim: int = 128                 # bank width D (paper 2048; NPID's 128 costs 16x less per scored column)
     proj_hidden: int | None = None  # projection MLP width; None: 2048 (paper) for >= 512-d backbones, else 4x width
