@@ -70,15 +70,14 @@ class CacheWriter:
 
     def images(self, name: str, n: int, channels: int, resolution: int) -> np.memmap:
         """A writable uint8 (n, C, R, R) array backed by the file, so big sources never sit in RAM."""
-        arr = np.lib.format.open_memmap(
-            self._path(name), mode="w+", dtype=np.uint8, shape=(n, channels, resolution, resolution)
-        )
         # The file is sparse: writing through the map on a full disk would kill the process with SIGBUS.
         # Reserving its blocks now turns that into an ordinary error before any decoding.
         try:
+            arr = np.lib.format.open_memmap(
+                self._path(name), mode="w+", dtype=np.uint8, shape=(n, channels, resolution, resolution)
+            )
             _reserve(self._path(name))
         except OSError as e:
-            del arr
             need = n * channels * resolution * resolution
             raise LeansslError(f"cannot build the cache in {self.dir.parent}: {e.strerror or e} "
                                f"({need / 2**20:.0f} MiB needed; free space, or set --cache-dir elsewhere)") from None
