@@ -301,6 +301,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     that dies or hangs makes the others stop with a one-line LeansslError within cfg.dist_timeout.
     """
     check_ranges(cfg)  # a config changed after construction
+    config_from_args(get_method(cfg.method).Config, cfg.method_args)  # a bad method name or value: before any write
     ctx = folder = None
     if distributed.launched():
         ctx = distributed.init_from_env(resolve_device(cfg.device), cfg.dist_timeout)
@@ -387,7 +388,6 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                            f"equal shares of at least 2 images, one per process")
     if cfg.on_nan not in ("stop", "skip"):
         raise LeansslError(f"--on-nan must be stop or skip, got {cfg.on_nan!r}")
-    config_from_args(get_method(cfg.method).Config, cfg.method_args)  # a bad name or value fails before decoding
     check_backbone_name(cfg.backbone)
 
     ckpt_path = out / "checkpoint.pt"
