@@ -77,7 +77,8 @@ def check_ranges(cfg) -> None:
         v = getattr(cfg, name)
         if v is None:
             continue
-        label = cfg.RANGE_LABELS.get(name) or f"{cfg.RANGE_PREFIX}{name.replace('_', '-') if cfg.RANGE_PREFIX else name}"
+        flag = name.replace("_", "-") if cfg.RANGE_PREFIX else name
+        label = cfg.RANGE_LABELS.get(name) or f"{cfg.RANGE_PREFIX}{flag}"
         integer = _is_int_field(kinds[name])
         ok_kind = isinstance(v, int) if integer else isinstance(v, (int, float))
         if isinstance(v, bool) or not ok_kind or not math.isfinite(v) or not rng.holds(v):

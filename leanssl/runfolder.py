@@ -47,6 +47,8 @@ def claim(out: Path, resume: bool, force: bool = False) -> RunFolder:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LeansslError(f"--out {out} is a file, not a folder: choose a folder for the run")
+    if resume and not (out / "checkpoint.pt").is_file():  # checked first: nothing is created for a mistyped --out
+        raise LeansslError(f"--resume: no checkpoint in {out} (nothing to resume; drop --resume to start)")
     marked = (out / LOCK).is_file() and not (out / LOCK).is_symlink()
     if not resume and not force and not marked and out.is_dir() and any(out.iterdir()):
         raise LeansslError(f"--out {out} is not empty and is not a leanssl run folder: choose another --out, "
@@ -71,9 +73,13 @@ def claim(out: Path, resume: bool, force: bool = False) -> RunFolder:
                            f"again, or choose another --out")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    if not resume:
-        for name in RUN_FILES:
+    for name in RUN_FILES:
+        if not resume or name.endswith(".tmp"):  # a fresh run starts clean; a temp file is a killed write's
             _remove(out / name)
+        elif (out / name).is_symlink():  # tb/ is written by TensorBoard, which would follow it
+            os.close(fd)
+            raise LeansslError(f"{out / name} is a symbolic link: refusing to write through it (a run writes only "
+                               f"inside its --out)")
     return RunFolder(out, fd)
 
 

@@ -39,7 +39,8 @@ from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
 from . import distributed, runfolder
-from .checks import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_finite, check_ranges, checked, first_nonfinite
+from .checks import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_finite, check_ranges, checked,
+                     first_nonfinite)
 from .data.loader import DeviceLoader
 from .data.sources import open_dataset, stratified_subset
 from .errors import LeansslError
@@ -55,10 +56,10 @@ _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction",
 
 
 @dataclass
-@checked("--", {"time_budget": "--budget"}, epochs=AT_LEAST_1, batch_size=Range(2), lr=POSITIVE, weight_decay=NON_NEGATIVE, momentum=FRACTION,
-         warmup_epochs=NON_NEGATIVE, seed=NON_NEGATIVE, fraction=Range(0, 1, lo_open=True), resolution=Range(1, 4096),
-         log_every=AT_LEAST_1, stop_after=AT_LEAST_1, checkpoint_every=AT_LEAST_1, grad_norm_limit=POSITIVE,
-         time_budget=POSITIVE, dist_timeout=POSITIVE)
+@checked("--", {"time_budget": "--budget"}, epochs=AT_LEAST_1, batch_size=Range(2), lr=POSITIVE,
+         weight_decay=NON_NEGATIVE, momentum=FRACTION, warmup_epochs=NON_NEGATIVE, seed=NON_NEGATIVE,
+         fraction=Range(0, 1, lo_open=True), resolution=Range(1, 4096), log_every=AT_LEAST_1, stop_after=AT_LEAST_1,
+         checkpoint_every=AT_LEAST_1, grad_norm_limit=POSITIVE, time_budget=POSITIVE, dist_timeout=POSITIVE)
 class TrainConfig:
     data: str = "digits"
     method: str = "essl"
@@ -333,9 +334,7 @@ def _open_run(cfg: TrainConfig, out: Path, ckpt_path: Path, resume: bool) -> dic
     """The checkpoint state to resume from (checked against cfg), or None for a fresh run."""
     if not resume:
         return None  # runfolder.claim has checked that the folder may take a fresh run
-    if not ckpt_path.is_file():
-        raise LeansslError(f"--resume: no checkpoint in {out} (nothing to resume; drop --resume to start)")
-    state = load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path)  # runfolder.claim has checked that there is one
     saved = config_from_dict(state.get("config"), ckpt_path)
     if cfg.resolution is None:
         cfg.resolution = saved.resolution
@@ -407,7 +406,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     cfg.resolution = ds.resolution
     if ds.skipped and main:
         out.mkdir(parents=True, exist_ok=True)
-        runfolder.write_text(out / "skipped.txt", "".join(f"{_one_line(p)}\t{_one_line(why)}\n" for p, why in ds.skipped))
+        listing = "".join(f"{_one_line(p)}\t{_one_line(why)}\n" for p, why in ds.skipped)
+        runfolder.write_text(out / "skipped.txt", listing)
         print(f"leanssl: skipped {len(ds.skipped)} undecodable image(s), listed in {out / 'skipped.txt'}", file=sys.stderr)
     x = ds.pretrain.x
     if cfg.fraction != 1.0:
