@@ -51,8 +51,8 @@ def claim(out: Path, resume: bool, force: bool = False) -> RunFolder:
         raise LeansslError(f"--resume: no checkpoint in {out} (nothing to resume; drop --resume to start)")
     marked = (out / LOCK).is_file() and not (out / LOCK).is_symlink()
     if not resume and not force and not marked and out.is_dir() and any(out.iterdir()):
-        raise LeansslError(f"--out {out} is not empty and is not a leanssl run folder: choose another --out, "
-                           f"or pass --force to write the run into it (its files of a run's names are replaced)")
+        raise LeansslError(f"--out {out} is not empty and is not a leanssl run folder: choose another --out, or "
+                           f"pass --force to write the run into it (files named as a run's are replaced, others kept)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)

@@ -92,7 +92,8 @@ def test_out_that_is_a_file_is_one_line(tiny_cfg, capsys):
     cfg = tiny_cfg()
     Path(cfg.out).write_text("not a folder")
     assert main(tiny_argv(cfg)) == 2
-    assert one_error_line(capsys) == f"leanssl: error: --out {cfg.out} is a file, not a folder: choose a folder for the run"
+    assert one_error_line(capsys) == (f"leanssl: error: --out {cfg.out} is a file, not a folder: "
+                                      "choose a folder for the run")
 
 
 @pytest.mark.parametrize("name", ["log.csv", "config.json", "epochs.csv", "summary.json", "backbone.safetensors"])
