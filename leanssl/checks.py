@@ -37,6 +37,16 @@ class Range:
         return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One of a few names (None allowed, as for a Range)."""
+
+    names: tuple[str, ...]
+
+    def describe(self) -> str:
+        return " or ".join(self.names)
+
+
 POSITIVE = Range(0, lo_open=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_1 = Range(1)
@@ -47,7 +57,7 @@ def at_least(n: int) -> Range:
     return Range(n)
 
 
-def checked(prefix: str = "", labels: dict | None = None, **ranges: Range):
+def checked(prefix: str = "", labels: dict | None = None, **ranges: Range | Choice):
     """Class decorator (put it *under* @dataclass): validate these fields on construction.
 
     `prefix` names fields in messages: "--" for TrainConfig (its fields are flags), "" for method configs;
@@ -79,6 +89,10 @@ def check_ranges(cfg) -> None:
             continue
         flag = name.replace("_", "-") if cfg.RANGE_PREFIX else name
         label = cfg.RANGE_LABELS.get(name) or f"{cfg.RANGE_PREFIX}{flag}"
+        if isinstance(rng, Choice):
+            if v not in rng.names:
+                raise LeansslError(f"{label} must be {rng.describe()}, got {v!r}")
+            continue
         integer = _is_int_field(kinds[name])
         ok_kind = isinstance(v, int) if integer else isinstance(v, (int, float))
         if isinstance(v, bool) or not ok_kind or not math.isfinite(v) or not rng.holds(v):
@@ -87,9 +101,10 @@ def check_ranges(cfg) -> None:
 
 
 def range_help(cls, name: str) -> str | None:
-    """' (>= 1)'-style text for a field's --help line, or None when it declares no range."""
+    """'>= 1'-style text for a field's --help line, or None when it declares no numeric range (the help
+    text of a choice already lists its names)."""
     rng = getattr(cls, "RANGES", {}).get(name)
-    return None if rng is None else rng.describe()
+    return rng.describe() if isinstance(rng, Range) else None
 
 
 def first_nonfinite(tensors: dict) -> str | None:

@@ -39,8 +39,8 @@ from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
 from . import distributed, runfolder
-from .checks import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_finite, check_ranges, checked,
-                     first_nonfinite)
+from .checks import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Choice, Range, check_finite, check_ranges,
+                     checked, first_nonfinite)
 from .data.loader import DeviceLoader
 from .data.sources import open_dataset, stratified_subset
 from .errors import LeansslError
@@ -59,7 +59,8 @@ _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction",
 @checked("--", {"time_budget": "--budget"}, epochs=AT_LEAST_1, batch_size=Range(2), lr=POSITIVE,
          weight_decay=NON_NEGATIVE, momentum=FRACTION, warmup_epochs=NON_NEGATIVE, seed=NON_NEGATIVE,
          fraction=Range(0, 1, lo_open=True), resolution=Range(1, 4096), log_every=AT_LEAST_1, stop_after=AT_LEAST_1,
-         checkpoint_every=AT_LEAST_1, grad_norm_limit=POSITIVE, time_budget=POSITIVE, dist_timeout=POSITIVE)
+         checkpoint_every=AT_LEAST_1, grad_norm_limit=POSITIVE, time_budget=POSITIVE, dist_timeout=POSITIVE,
+         on_nan=Choice(("stop", "skip")))
 class TrainConfig:
     data: str = "digits"
     method: str = "essl"
@@ -385,8 +386,6 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     if ctx is not None and (cfg.batch_size % ctx.world or cfg.batch_size // ctx.world < 2):
         raise LeansslError(f"--batch-size {cfg.batch_size} is the global batch: it must split into {ctx.world} "
                            f"equal shares of at least 2 images, one per process")
-    if cfg.on_nan not in ("stop", "skip"):
-        raise LeansslError(f"--on-nan must be stop or skip, got {cfg.on_nan!r}")
     check_backbone_name(cfg.backbone)
 
     ckpt_path = out / "checkpoint.pt"

@@ -41,6 +41,7 @@ BAD_FLAGS = {
     ("--resolution", "0"): "--resolution must be an integer in [1, 4096], got 0",
     ("--batch-size", "1"): "--batch-size must be an integer >= 2, got 1",
     ("--checkpoint-every", "0"): "--checkpoint-every must be an integer >= 1, got 0",
+    ("--bank-update", "sgd"): "bank_update must be grad or ema, got 'sgd'",
     ("--method-arg", "tau=x"): "tau must be a number > 0, got 'x'",
     ("--method", "swav", "--method-arg", "local_crops=-1"): "local_crops must be an integer >= 0, got -1",
     ("--method", "swav", "--method-arg", "sinkhorn_iters=2.5"): "sinkhorn_iters must be an integer >= 1, got 2.5",
