@@ -90,6 +90,24 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="set a field of the method's config, e.g. local_crops=2 or global_scale=0.2,1 "
                         "(repeatable; the fields and their defaults are in leanssl/methods/<method>.py)")
+    p.add_argument("--force", action="store_true",
+                   help="start a fresh run in --out even if it holds other files or an earlier run (the files a run "
+                        "writes are replaced; others are left)")
+    _show_ranges(p)
+
+
+def _show_ranges(p: argparse.ArgumentParser) -> None:
+    """Append each option's valid range, as its config declares it (leanssl.checks), to its --help line."""
+    from .checks import range_help
+    from .methods.essl import EsslConfig
+    from .train import TrainConfig
+
+    method_fields = {flag.lstrip("-").replace("-", "_"): field for flag, (field, _, _) in _METHOD_FLAGS.items()}
+    for action in p._actions:
+        text = (range_help(EsslConfig, method_fields[action.dest]) if action.dest in method_fields
+                else range_help(TrainConfig, "time_budget" if action.dest == "budget" else action.dest))
+        if text:
+            action.help = f"{action.help + '; ' if action.help else ''}{text}"
 
 
 def _train_config(a: argparse.Namespace):
@@ -174,7 +192,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         _saved_schedule(cfg)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports for all
     try:
-        summary = train(cfg, resume=a.resume)
+        summary = train(cfg, resume=a.resume, force=a.force)
     except TrainingInterrupted as e:
         if not main:
             return 128 + signal.Signals[e.summary["interrupted"]]

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from . import installed_version as _version
+from .checks import check_finite
 from .errors import LeansslError
+from .runfolder import check_input_contract, read_data_info, read_json
 
 FORMATS = ("safetensors", "timm", "torchscript", "onnx")
 META_KEY = "leanssl"  # key of the metadata inside a safetensors header
@@ -50,7 +52,7 @@ def run_metadata(run_dir) -> dict:
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    info = json.loads((run_dir / "data.json").read_text())
+    info = read_data_info(run_dir)
     final = (run_dir / "backbone.safetensors").is_file()
     epoch = cfg.epochs
     if not final:  # load_backbone falls back to the last checkpoint: report its epoch
@@ -74,21 +76,33 @@ def read_metadata(path) -> dict:
     if _is_run(path):
         return run_metadata(path)
     if (path / TIMM_META).is_file():
-        return json.loads((path / TIMM_META).read_text())
+        return _check_export_meta(read_json(path / TIMM_META), path / TIMM_META)
     side = path.with_name(path.name + ".json")
     if side.is_file():
-        return json.loads(side.read_text())
+        return _check_export_meta(read_json(side), side)
     if path.suffix == ".safetensors" and path.is_file():
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            header = f.metadata() or {}
-        if META_KEY in header:
-            return json.loads(header[META_KEY])
+        try:
+            with safe_open(str(path), "pt") as f:
+                header = f.metadata() or {}
+            meta = json.loads(header[META_KEY]) if META_KEY in header else None
+        except Exception as e:  # SafetensorError on a damaged header, ValueError on bad JSON inside it
+            raise LeansslError(f"{path}: damaged or not a safetensors file ({e})") from None
+        if meta is not None:
+            return _check_export_meta(meta, f"{path} (its metadata)")
     if not path.exists():
         raise LeansslError(f"no such run folder or exported backbone: {path}")
     raise LeansslError(f"{path}: no leanssl metadata found "
                        f"(expected a run folder, an exported folder, or {side.name} beside the file)")
+
+
+def _check_export_meta(meta, where) -> dict:
+    """Export metadata that load_backbone can build a model from (else one LeansslError naming the file)."""
+    check_input_contract(meta, where)
+    if not isinstance(meta.get("architecture"), str):
+        raise LeansslError(f"{where}: no architecture name in it (damaged or not written by leanssl)")
+    return meta
 
 
 def load_backbone(path, device="cpu") -> nn.Module:
@@ -114,9 +128,12 @@ def load_backbone(path, device="cpu") -> nn.Module:
                                + (f"; load this {meta['format']} export with {hint}" if hint else ""))
         model = build_backbone(meta["architecture"], meta["channels"], meta["resolution"])
         try:
-            model.load_state_dict(load_file(str(weights)))
+            state = load_file(str(weights))
+            model.load_state_dict(state)
         except Exception as e:  # a damaged file, or weights of another architecture than the metadata says
-            raise LeansslError(f"cannot load {weights} as {meta['architecture']}: {str(e).strip().splitlines()[-1]}") from None
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            raise LeansslError(f"cannot load {weights} as {meta['architecture']}: {lines[-1]}") from None
+        check_finite(state, str(weights))
     return model.to(device).eval()
 
 

@@ -35,13 +35,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, runfolder
+from .checks import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Choice, Range, check_finite, check_ranges,
+                     checked, first_nonfinite)
 from .data.loader import DeviceLoader
 from .data.sources import open_dataset, stratified_subset
 from .errors import LeansslError
-from .export import write_safetensors
 from .methods import get_method
 from .methods.base import DataInfo, config_from_args
 from .models.backbones import build_backbone, check_backbone_name
@@ -55,6 +57,11 @@ _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction",
 
 
 @dataclass
+@checked("--", {"time_budget": "--budget"}, epochs=AT_LEAST_1, batch_size=Range(2), lr=POSITIVE,
+         weight_decay=NON_NEGATIVE, momentum=FRACTION, warmup_epochs=NON_NEGATIVE, seed=NON_NEGATIVE,
+         fraction=Range(0, 1, lo_open=True), resolution=Range(1, 4096), log_every=AT_LEAST_1, stop_after=AT_LEAST_1,
+         checkpoint_every=AT_LEAST_1, grad_norm_limit=POSITIVE, time_budget=POSITIVE, dist_timeout=POSITIVE,
+         on_nan=Choice(("stop", "skip")), lr_schedule=Choice(("step", "epoch")))
 class TrainConfig:
     data: str = "digits"
     method: str = "essl"
@@ -163,8 +170,11 @@ def load_checkpoint(path: Path) -> dict:
         # torch's message ends with how to allowlist the object; keep only what was refused.
         what = next((ln.split("WeightsUnpickler error:")[-1].split(". ")[0].strip()
                      for ln in str(e).splitlines() if "Unsupported" in ln), "")
+        if "Unsupported global" not in what and "Unsupported class" not in what:  # not a refused object: bad bytes
+            raise LeansslError(f"cannot load checkpoint {path}: damaged or not a leanssl checkpoint "
+                               f"({what or type(e).__name__})") from None
         raise LeansslError(f"refusing to load {path}: it holds Python objects other than tensors and plain data, "
-                           f"and unpickling them could run code ({what or type(e).__name__})") from None
+                           f"and unpickling them could run code ({what})") from None
     except OSError as e:
         raise LeansslError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... on a damaged file
@@ -172,6 +182,7 @@ def load_checkpoint(path: Path) -> dict:
         raise LeansslError(f"cannot load checkpoint {path}: damaged or not a leanssl checkpoint ({msg})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise LeansslError(f"{path} is not a leanssl checkpoint (no model state in it)")
+    check_finite(state["model"], str(path))
     return state
 
 
@@ -180,7 +191,10 @@ def config_from_dict(values: dict, where) -> TrainConfig:
     unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)}) if isinstance(values, dict) else ["(not a dict)"]
     if unknown:
         raise LeansslError(f"{where}: not a config of this leanssl version (unknown {', '.join(map(str, unknown))})")
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except LeansslError as e:  # a value out of range: name the file it came from
+        raise LeansslError(f"{where}: {e}") from None
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
@@ -246,7 +260,7 @@ class _Logger:
         self.path = out / "log.csv"
         self.write = write  # under torchrun only rank 0 writes; the others still take part in flush's all-reduce
         if write and (not resume or not self.path.exists()):
-            self.path.write_text("epoch,step,lr,loss,ce,kl\n")
+            runfolder.write_text(self.path, "epoch,step,lr,loss,ce,kl\n")
         self.pending: list[tuple] = []
         self.tb = None
         if write:
@@ -270,7 +284,7 @@ class _Logger:
             values = torch.cat([distributed.mean_over_ranks(values[:, :3]), values[:, 3:]], dim=1)
         values = values.tolist()
         if self.write:
-            with open(self.path, "a", newline="") as f:
+            with runfolder.open_append(self.path) as f:
                 w = csv.writer(f)
                 for (epoch, step, lr, _), (loss, ce, kl, _) in zip(self.pending, values):
                     w.writerow([epoch, step, f"{lr:.6g}", repr(loss), repr(ce), repr(kl)])
@@ -281,20 +295,25 @@ class _Logger:
         return rows
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     """Pretrain and return the summary (also written to summary.json).
+
+    The run owns `cfg.out` while it runs (leanssl.runfolder): a second run on it is refused; a fresh
+    run into a non-empty folder that is not a leanssl run folder needs `force`, as does starting a
+    finished or checkpointed run again.
 
     SIGINT/SIGTERM during the training loop finish the current step, write a checkpoint and the
     summary (with "interrupted" set to the signal's name), then raise TrainingInterrupted.
     Under torchrun (WORLD_SIZE > 1) the process first joins the others (leanssl.distributed); a rank
     that dies or hangs makes the others stop with a one-line LeansslError within cfg.dist_timeout.
     """
-    ctx = None
+    check_ranges(cfg)  # a config changed after construction
+    config_from_args(get_method(cfg.method).Config, cfg.method_args)  # a bad method name or value: before any write
+    ctx = folder = None
     if distributed.launched():
-        if not cfg.dist_timeout > 0:
-            raise LeansslError(f"--dist-timeout must be a positive time, got {cfg.dist_timeout} s")
         ctx = distributed.init_from_env(resolve_device(cfg.device), cfg.dist_timeout)
     try:
+        folder = _claim(cfg, resume, force, ctx)
         with _GracefulStop() as stop:
             return _train(cfg, resume, stop, ctx)
     except Exception as e:
@@ -302,19 +321,26 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             raise distributed.peer_failure(e, ctx, Path(cfg.out)) from None
         raise
     finally:
+        if folder is not None:
+            folder.release()
         if ctx is not None:
             ctx.close()
+
+
+def _claim(cfg: TrainConfig, resume: bool, force: bool, ctx) -> runfolder.RunFolder | None:
+    """Rank 0 (the writer) claims the run folder; under torchrun every rank learns whether it could."""
+    if ctx is None:
+        return runfolder.claim(Path(cfg.out), resume, force)
+    held = []
+    ctx.on_main(lambda: held.append(runfolder.claim(Path(cfg.out), resume, force)))
+    return held[0] if held else None
 
 
 def _open_run(cfg: TrainConfig, out: Path, ckpt_path: Path, resume: bool) -> dict | None:
     """The checkpoint state to resume from (checked against cfg), or None for a fresh run."""
     if not resume:
-        if ckpt_path.exists():
-            raise LeansslError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
-        return None
-    if not ckpt_path.is_file():
-        raise LeansslError(f"--resume: no checkpoint in {out} (nothing to resume; drop --resume to start)")
-    state = load_checkpoint(ckpt_path)
+        return None  # runfolder.claim has checked that the folder may take a fresh run
+    state = load_checkpoint(ckpt_path)  # runfolder.claim has checked that there is one
     saved = config_from_dict(state.get("config"), ckpt_path)
     if cfg.resolution is None:
         cfg.resolution = saved.resolution
@@ -398,6 +424,34 @@ def _json_safe(summary: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
 
 
+# What every checkpoint holds besides "model" (the mid-epoch extras are optional).
+_CHECKPOINT_KEYS = ("optimizer", "config", "torch_rng", "epoch", "elapsed", "loss")
+
+
+def _restore(method: torch.nn.Module, opt: torch.optim.Optimizer, state: dict, path: Path) -> None:
+    """Load a checkpoint into the method and optimizer; one that does not fit this run is a LeansslError."""
+    def misfit(detail: str) -> LeansslError:
+        return LeansslError(f"--resume: {path} does not fit this run ({detail})")
+
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise misfit(f"no {', '.join(missing)} in it")
+    try:
+        method.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise misfit(next((ln for ln in lines[1:] if ln), lines[0] if lines else type(e).__name__)) from None
+    # load_state_dict takes optimizer state of any shape; a wrong one would fail at the first step.
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise misfit(f"optimizer {key} of shape {tuple(value.shape)} for a parameter of shape "
+                                 f"{tuple(p.shape)}")
+    check_finite(state["optimizer"].get("state", {}), f"--resume: {path} (optimizer)")
+
+
 def _signum(name: str | None) -> int:
     return signal.Signals[name].value if name else 0
 
@@ -407,24 +461,9 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     device = resolve_device(cfg.device) if ctx is None else ctx.device
     main = ctx is None or ctx.is_main  # the process that writes files and reports
     torch.manual_seed(cfg.seed)
-    if cfg.batch_size < 2:
-        raise LeansslError("--batch-size must be at least 2 (BatchNorm needs more than one sample)")
     if ctx is not None and (cfg.batch_size % ctx.world or cfg.batch_size // ctx.world < 2):
         raise LeansslError(f"--batch-size {cfg.batch_size} is the global batch: it must split into {ctx.world} "
                            f"equal shares of at least 2 images, one per process")
-    if not 0 < cfg.fraction <= 1:
-        raise LeansslError(f"--fraction must be in (0, 1], got {cfg.fraction}")
-    if cfg.lr_schedule not in ("step", "epoch"):
-        raise LeansslError(f"--lr-schedule must be step or epoch, got {cfg.lr_schedule!r}")
-    if cfg.on_nan not in ("stop", "skip"):
-        raise LeansslError(f"--on-nan must be stop or skip, got {cfg.on_nan!r}")
-    if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
-        raise LeansslError(f"--checkpoint-every must be at least 1 step, got {cfg.checkpoint_every}")
-    if cfg.grad_norm_limit is not None and not cfg.grad_norm_limit > 0:
-        raise LeansslError(f"--grad-norm-limit must be positive, got {cfg.grad_norm_limit}")
-    if cfg.time_budget is not None and not cfg.time_budget > 0:
-        raise LeansslError(f"--budget must be a positive time, got {cfg.time_budget} s")
-    get_method(cfg.method)  # fail on a bad name before any data is decoded
     check_backbone_name(cfg.backbone)
 
     ckpt_path = out / "checkpoint.pt"
@@ -446,7 +485,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     cfg.resolution = ds.resolution
     if ds.skipped and main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in ds.skipped))
+        listing = "".join(f"{_one_line(p)}\t{_one_line(why)}\n" for p, why in ds.skipped)
+        runfolder.write_text(out / "skipped.txt", listing)
         print(f"leanssl: skipped {len(ds.skipped)} undecodable image(s), listed in {out / 'skipped.txt'}", file=sys.stderr)
     x = ds.pretrain.x
     if cfg.fraction != 1.0:
@@ -460,8 +500,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        (out / "data.json").write_text(json.dumps(asdict(info), indent=2))
+        runfolder.write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+        runfolder.write_text(out / "data.json", json.dumps(asdict(info), indent=2))
     method = build_method(cfg, info)
     if ctx is not None and cfg.sync_bn:
         method = distributed.convert_sync_batchnorm(method, device)
@@ -476,8 +516,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     if main:
         print(_start_line(cfg, len(x), device, steps_per_epoch, total_steps), file=sys.stderr)
     if state is not None:
-        method.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        _restore(method, opt, state, ckpt_path)
         start_epoch, elapsed, last_loss = state["epoch"], state["elapsed"], state["loss"]
         skipped_steps = state.get("skipped_steps", 0)
         images_seen = state.get("images_seen", start_epoch * steps_per_epoch * cfg.batch_size)
@@ -501,7 +540,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     logger = _Logger(out, resume=state is not None, write=main)
     epochs_csv = out / "epochs.csv"
     if state is None and main:
-        epochs_csv.write_text("epoch,loss,seconds,images_per_s,peak_mem_mb\n")
+        runfolder.write_text(epochs_csv, "epoch,loss,seconds,images_per_s,peak_mem_mb\n")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     if cfg.time_budget is not None and elapsed >= cfg.time_budget:
@@ -616,7 +655,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
         last_loss = float(np.mean(losses)) if losses else float("nan")
         rate = (steps_in_epoch - first) * cfg.batch_size / max(seconds - seconds_before, 1e-9)
         if main:
-            with open(epochs_csv, "a") as f:
+            with runfolder.open_append(epochs_csv) as f:
                 f.write(f"{epoch + 1},{last_loss:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
         if cfg.progress and main:
             which = f"{epoch + 1}/{cfg.epochs}" if cfg.time_budget is None else f"{epoch + 1} ({_budget_left(cfg, elapsed)} left)"
@@ -631,7 +670,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
 
     done = epochs_done >= cfg.epochs or (cfg.time_budget is not None and elapsed >= cfg.time_budget)
     if done and main:
-        write_safetensors({k: v.contiguous() for k, v in method.backbone.state_dict().items()}, out / "backbone.safetensors")
+        weights = {k: v.contiguous() for k, v in method.backbone.state_dict().items()}
+        runfolder.write_bytes(out / "backbone.safetensors", safetensors_bytes(weights))
     interrupted_by = stop.signal if ctx is None else (signal.Signals(signum).name if signum else None)
     summary = {"method": cfg.method, "backbone": cfg.backbone, "data": cfg.data, "fraction": cfg.fraction,
                "train_images": len(x), "epochs_done": epochs_done, "steps_done": steps_done, "epochs": cfg.epochs,
@@ -644,10 +684,21 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": interrupted_by}
     summary = _json_safe(summary)
     if main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+        runfolder.write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     if interrupted_by is not None:
         raise TrainingInterrupted(summary)
     return summary
+
+
+def _one_line(text: str) -> str:
+    """A file name or reason as one printable UTF-8 line of skipped.txt: undecodable bytes as \\xNN, and
+    newline, tab and carriage return escaped (they would split the line or its two columns)."""
+    try:
+        raw = str(text).encode("utf-8", "surrogateescape")  # a name os.listdir could not decode keeps its bytes
+    except UnicodeEncodeError:
+        raw = str(text).encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return text.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
 def _budget_left(cfg: TrainConfig, elapsed: float) -> str:
@@ -705,11 +756,20 @@ def _save_checkpoint(path: Path, method, opt, cfg: TrainConfig, ctx: distributed
         return
     state = {"model": method.state_dict(), "optimizer": opt.state_dict(), "config": asdict(cfg),
              "torch_rng": torch.get_rng_state(), **progress}
+    kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint had been written yet"
+    # A step with a finite loss can still leave Inf in a buffer (BatchNorm's running_var at a huge lr):
+    # a checkpoint is only written, and only called good, when the whole state is finite.
+    bad = first_nonfinite({"model": state["model"], "optimizer": state["optimizer"]["state"]})
+    if bad is not None:
+        raise LeansslError(f"the run diverged: {bad} holds NaN or Inf values, so no checkpoint is written; {kept}; "
+                           f"try a lower --lr")
     try:
         atomic_save(state, path)
     except OSError as e:  # a full disk, a quota: the previous checkpoint is still the valid one
-        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint had been written yet"
         raise LeansslError(f"cannot write checkpoint {path}: {e.strerror or e}; {kept}") from None
+    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as "unexpected pos ..."
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LeansslError(f"cannot write checkpoint {path} (is the disk full? torch: {first}); {kept}") from None
 
 
 def _truncate_csv(path: Path, keep) -> None:
@@ -729,7 +789,4 @@ def _truncate_csv(path: Path, keep) -> None:
         except ValueError:
             return False
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.writelines(lines[:1] + [ln for ln in lines[1:] if wanted(ln)])
-    os.replace(tmp, path)
+    runfolder.write_text(path, "".join(lines[:1] + [ln for ln in lines[1:] if wanted(ln)]))

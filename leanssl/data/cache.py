@@ -15,6 +15,7 @@ also written at build time and checked on every open when ``LEANSSL_VERIFY_CACHE
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -69,9 +70,17 @@ class CacheWriter:
 
     def images(self, name: str, n: int, channels: int, resolution: int) -> np.memmap:
         """A writable uint8 (n, C, R, R) array backed by the file, so big sources never sit in RAM."""
-        arr = np.lib.format.open_memmap(
-            self._path(name), mode="w+", dtype=np.uint8, shape=(n, channels, resolution, resolution)
-        )
+        # The file is sparse: writing through the map on a full disk would kill the process with SIGBUS.
+        # Reserving its blocks now turns that into an ordinary error before any decoding.
+        try:
+            arr = np.lib.format.open_memmap(
+                self._path(name), mode="w+", dtype=np.uint8, shape=(n, channels, resolution, resolution)
+            )
+            _reserve(self._path(name))
+        except OSError as e:
+            need = n * channels * resolution * resolution
+            raise LeansslError(f"cannot build the cache in {self.dir.parent}: {e.strerror or e} "
+                               f"({need / 2**20:.0f} MiB needed; free space, or set --cache-dir elsewhere)") from None
         self._arrays[name] = arr
         return arr
 
@@ -128,6 +137,7 @@ class CacheWriter:
             }
         self._arrays.clear()
         meta = {**meta, "format_version": FORMAT_VERSION, "arrays": described, "complete": True}
+        meta["meta_blake2b"] = meta_digest(meta)
         meta_path = self.dir / META
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=1)
@@ -135,6 +145,25 @@ class CacheWriter:
             os.fsync(f.fileno())
         _fsync_dir(self.dir)
         return meta
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of a file, or raise OSError (ENOSPC) when the disk cannot hold it."""
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            if shutil.disk_usage(path.parent).free < size:  # no fallocate here: the free space is the best check
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+
+
+def meta_digest(meta: dict) -> str:
+    """blake2b of meta.json's own contents (all but this field): an edited mean, std or count is noticed."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "meta_blake2b"}, sort_keys=True)
+    return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
 
 
 def sample_digest(path: Path) -> str:
@@ -187,6 +216,8 @@ def _open_entry(directory: Path, verify_all: bool) -> tuple[dict, dict[str, np.n
         raise _Unusable("is unfinished")
     if meta.get("format_version") != FORMAT_VERSION:
         raise _Unusable(f"is in an older format (version {meta.get('format_version')})")
+    if meta.get("meta_blake2b") != meta_digest(meta):
+        raise _Unusable("is damaged: meta.json does not match its checksum (edited, or written by an older leanssl)")
     try:
         arrays = {}
         for name, info in meta["arrays"].items():
@@ -225,8 +256,7 @@ def load_or_build(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LeansslError(f"cannot create cache folder {root}: {e.strerror or e}") from None
-    if final.exists():  # unfinished or damaged: rebuild
-        shutil.rmtree(final, ignore_errors=True)
+    _remove_entry(final)  # unfinished or damaged (or not even a folder): rebuild
     _remove_dead_builds(root, entry)
 
     tmp = root / f".{entry}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -257,8 +287,16 @@ def _install(tmp: Path, final: Path) -> None:
                 raise
             if load_entry(final) is not None:
                 return
-            shutil.rmtree(final, ignore_errors=True)
+            _remove_entry(final)
     os.replace(tmp, final)
+
+
+def _remove_entry(path: Path) -> None:
+    """Delete what stands at an entry's name: a folder, or a file or link put there by hand."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_dead_builds(root: Path, entry: str) -> None:

@@ -11,7 +11,6 @@ Features are extracted once per feature set and shared by every protocol.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +19,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..checks import check_finite
 from ..data.sources import open_dataset, per_class_subset, stratified_subset
 from ..errors import LeansslError
 from ..models.backbones import build_backbone
+from ..runfolder import read_data_info
 from ..train import load_checkpoint, load_run_config, resolve_device
 from .features import extract_features, pixel_features
 from .fewshot import FewShotConfig, fewshot_eval
@@ -59,7 +60,7 @@ def load_backbone(run_dir: Path):
     """The run's trained backbone (final export, else the last checkpoint) and its data info."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    info = json.loads((run_dir / "data.json").read_text())
+    info = read_data_info(run_dir)
     backbone = build_backbone(cfg.backbone, info["channels"], info["resolution"])
     final, ckpt = run_dir / "backbone.safetensors", run_dir / "checkpoint.pt"
     if final.is_file():
@@ -72,6 +73,7 @@ def load_backbone(run_dir: Path):
         weights, source = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, ckpt
     else:
         raise LeansslError(f"{run_dir} has no trained weights yet (no backbone.safetensors or checkpoint.pt)")
+    check_finite(weights, str(source))
     misfit = f"the weights in {source} do not fit backbone {cfg.backbone}"
     try:
         missing, unexpected = backbone.load_state_dict(weights, strict=False)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, checked
 from .. import distributed
 from ..models.heads import mlp
 from .base import Method
@@ -31,6 +32,7 @@ from .common import by_size, byol_crop_colour, byol_views
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, lambd=NON_NEGATIVE, scale=POSITIVE)
 class BarlowConfig:
     dim: int | None = None          # projection width; None: 2048 at <= 32 px, 8192 above
     proj_hidden: int | None = None  # None: equal to dim

@@ -29,12 +29,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import AT_LEAST_1, FRACTION, checked
 from ..models.heads import mlp
 from .base import Method
 from .common import by_size, byol_crop_colour, byol_views, cosine_momentum, ema_update, frozen_copy
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, momentum=FRACTION)
 class ByolConfig:
     dim: int = 256               # projection / prediction width
     proj_hidden: int = 4096      # projector and predictor hidden width

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, checked
 from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
@@ -48,6 +49,10 @@ from .common import (augmenter, by_size, byol_views, cosine_momentum, ema_update
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, bottleneck=AT_LEAST_1, student_temp=POSITIVE,
+         teacher_temp=POSITIVE, warmup_teacher_temp=POSITIVE, warmup_teacher_temp_epochs=NON_NEGATIVE,
+         center_momentum=FRACTION, momentum=FRACTION, local_crops=NON_NEGATIVE, local_size=AT_LEAST_1,
+         freeze_last_layer_epochs=NON_NEGATIVE)
 class DinoConfig:
     dim: int | None = None                # K, the output width; None: 4096 at <= 32 px, 65536 above
     proj_hidden: int = 2048

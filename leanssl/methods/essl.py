@@ -26,14 +26,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Choice, Range, checked
 from .. import distributed
 from ..bank import MemoryBank
-from ..errors import LeansslError
 from ..models.heads import mlp
 from .base import Method
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, negatives=NON_NEGATIVE, tau=POSITIVE, kl_weight=NON_NEGATIVE,
+         cutmix_alpha=NON_NEGATIVE, bank_momentum=Range(0, 1, hi_open=True), bank_lr=POSITIVE,
+         bank_update=Choice(("grad", "ema")), calibrate_views=Choice(("plain", "augmented")))
 class EsslConfig:
     dim: int = 128                 # bank width D (paper 2048; NPID's 128 costs 16x less per scored column)
     proj_hidden: int | None = None  # projection MLP width; None: 2048 (paper) for >= 512-d backbones, else 4x width
@@ -98,10 +101,6 @@ class ESSL(Method):
     def __init__(self, backbone, data, cfg: EsslConfig | None = None, aug=None):
         super().__init__(backbone, data, aug)
         self.cfg = cfg = cfg or self.Config()
-        if cfg.bank_update not in ("grad", "ema"):
-            raise LeansslError(f"unknown bank update '{cfg.bank_update}': use grad or ema")
-        if cfg.calibrate_views not in ("plain", "augmented"):
-            raise LeansslError(f"unknown calibrate_views '{cfg.calibrate_views}': use plain or augmented")
         width = backbone.out_dim
         hidden = cfg.proj_hidden or (2048 if width >= 512 else 4 * width)
         self.head = mlp(width, hidden, cfg.dim)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import AT_LEAST_1, FRACTION, POSITIVE, checked
 from .. import distributed
 from ..models.heads import mlp
 from .base import Method
@@ -40,6 +41,8 @@ from .common import by_size, ema_update, frozen_copy
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, queue=AT_LEAST_1, momentum=FRACTION, tau=POSITIVE,
+         bn_splits=AT_LEAST_1)
 class Mocov2Config:
     dim: int = 128                  # key/query width
     proj_hidden: int | None = None  # None: the backbone's width

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import AT_LEAST_1, POSITIVE, checked
 from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
@@ -34,6 +35,7 @@ from .common import by_size, is_small
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, tau=POSITIVE)
 class SimclrConfig:
     dim: int = 128                  # projection output
     proj_hidden: int | None = None  # None: the backbone's width

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import AT_LEAST_1, checked
 from ..models.heads import mlp
 from .base import Method
 from .common import by_size
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, pred_hidden=AT_LEAST_1, proj_layers=AT_LEAST_1)
 class SimsiamConfig:
     dim: int = 2048                  # projection width (the predictor's input and output)
     proj_hidden: int | None = None   # None: the backbone's width

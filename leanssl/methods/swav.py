@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, checked
 from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
@@ -42,6 +43,9 @@ from .common import augmenter, encode_by_size, local_crop_size
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, prototypes=AT_LEAST_1, tau=POSITIVE, epsilon=POSITIVE,
+         sinkhorn_iters=AT_LEAST_1, local_crops=NON_NEGATIVE, local_size=AT_LEAST_1, queue_length=NON_NEGATIVE,
+         queue_start_epoch=NON_NEGATIVE, freeze_prototypes_epochs=NON_NEGATIVE)
 class SwavConfig:
     dim: int = 128                            # embedding width
     proj_hidden: int | None = None            # None: the backbone's width

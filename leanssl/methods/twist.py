@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, checked
 from .. import distributed
 from ..models.heads import mlp
 from .base import Method
@@ -39,6 +40,7 @@ from .common import byol_crop_colour, byol_views, encode_by_size
 
 
 @dataclass
+@checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, tau=POSITIVE, lam1=NON_NEGATIVE, lam2=NON_NEGATIVE, eps=POSITIVE)
 class TwistConfig:
     dim: int = 4096          # C, the number of classes
     proj_hidden: int = 4096

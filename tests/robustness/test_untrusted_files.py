@@ -149,10 +149,10 @@ def test_the_default_run_folder_stays_under_runs_whatever_the_data_spec(tmp_path
 
 
 def test_a_planted_temp_file_symlink_is_not_written_through(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(epochs=1)
+    cfg = tiny_cfg(epochs=2, stop_after=1)  # planted between a run and its --resume (a fresh run clears the folder)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    Path(cfg.out).mkdir(parents=True)
-    os.symlink(victim, Path(cfg.out) / "checkpoint.pt.tmp")
     train(cfg)
+    os.symlink(victim, Path(cfg.out) / "checkpoint.pt.tmp")
+    train(cfg, resume=True)
     assert victim.read_text() == "precious" and (Path(cfg.out) / "checkpoint.pt").is_file()
