@@ -26,13 +26,20 @@ _METHOD_FLAGS = {
 }
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def _add_train_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     p.add_argument("--data", required=True, help="data SPEC: digits, fashion-mnist[:PATH], mnist:PATH, cifar10:PATH, "
                    "cifar100:PATH, stl10:PATH, folder:PATH (or a bare folder), npz:PATH")
-    p.add_argument("--method", default="essl",
-                   help="essl (default), npid, simclr, mocov2, byol, simsiam, swav, barlow, dino or twist")
-    p.add_argument("--backbone", default="small_cnn",
-                   help="small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
+    if distill:  # the method is simreg; the backbone is the student
+        p.add_argument("teacher", help="the teacher's run folder (its backbone is frozen)")
+        p.add_argument("--student", dest="backbone", default="small_cnn", help="the student backbone (as train --backbone)")
+        p.add_argument("--head-layers", type=int, default=None,
+                       help="depth of the student's prediction MLP, dropped from the export (default 4)")
+        p.set_defaults(method="simreg")
+    else:
+        p.add_argument("--method", default="essl",
+                       help="essl (default), npid, simclr, mocov2, byol, simsiam, swav, barlow, dino or twist")
+        p.add_argument("--backbone", default="small_cnn",
+                       help="small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 100; with --budget, a cap)")
     p.add_argument("--budget", type=parse_duration, default=None, metavar="TIME",
                    help="train for this wall-clock time (e.g. 90s, 10m, 1.5h); lr and EMA schedules follow the time")
@@ -79,6 +86,11 @@ def _train_config(a: argparse.Namespace):
 
     method_args = {field: getattr(a, flag[2:].replace("-", "_")) for flag, (field, _, _) in _METHOD_FLAGS.items()}
     method_args.update(calibrate=a.calibrate, kl_to_bank=a.kl_to_bank)
+    if a.method == "simreg":
+        from .train import load_run_config
+
+        load_run_config(Path(a.teacher))  # a bad teacher folder fails before any data is decoded
+        method_args.update(teacher=str(Path(a.teacher).resolve()), head_layers=a.head_layers)
     method_args.update(_method_arg_values(a.method, a.method_arg))
     data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
     return TrainConfig(
@@ -217,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="pretrain a backbone")
     _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distil a trained run's backbone into a small student (SimReg feature regression)")
+    _add_train_args(p, distill=True)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's backbone on a labelled source")
