@@ -200,9 +200,11 @@ def _eval_settings(a: argparse.Namespace):
 def cmd_eval(a: argparse.Namespace) -> None:
     from .eval.evaluate import evaluate, parse_protocols
     from .eval.report import format_report
+    from .quantize import parse_bits
 
     res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
-                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a))
+                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a),
+                   quantize=parse_bits(a.quantize) if a.quantize else ())
     if a.json:
         print(json.dumps(res))
         return
@@ -255,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fewshot-ways", type=int, default=None, help="N of N-way episodes (default 5)")
     p.add_argument("--fewshot-shots", default=None, help="comma-separated K of K-shot episodes (default 1,5,20)")
     p.add_argument("--fewshot-episodes", type=int, default=None, help="episodes per setting (default 600)")
+    p.add_argument("--quantize", default=None, metavar="BITS",
+                   help="also score the backbone quantised to these bit-widths, e.g. 8,4 (8: real int8 on the CPU; "
+                        "fewer: simulated)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the markdown report is still written)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

@@ -68,10 +68,13 @@ def test_distillation_reduces_the_regression_loss_and_exports_the_student_alone(
 
 
 def test_student_run_evaluates_and_exports_like_any_run(student, tiny_npz, tmp_path, capsys):
-    assert main(["eval", str(student), "--data", f"npz:{tiny_npz}", "--json", "--no-baselines",
+    assert main(["eval", str(student), "--data", f"npz:{tiny_npz}", "--json", "--no-baselines", "--quantize", "8,4",
                  "--linear-c-values", "3", "--cache-dir", str(tmp_path / "cache")]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["method"] == "simreg" and res["knn_top1"] > 0.5
+    assert set(res["quantized"]) == {"8", "4"} and res["quantized"]["8"]["how"].startswith("int8")
+    assert abs(res["quantized"]["8"]["knn_top1"] - res["knn_top1"]) <= 0.1  # 32 test images: 3 of them
+    assert "simulated W4A4" in (student / "eval-npz-tiny.md").read_text()
     assert main(["export", str(student), "--out", str(tmp_path / "s.safetensors")]) == 0
 
 
@@ -93,3 +96,49 @@ def test_teacher_view_is_the_transfer_mapping_of_the_same_pixels(teacher):
 def test_distill_bad_teacher_is_one_line(argv, needle, capsys):
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
+
+
+# --- quantised evaluation -------------------------------------------------------------------------
+
+def _fq(x, scale, zero, qmin, qmax):
+    return (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def _act_qparams(x, qmin, qmax):
+    """Per-tensor affine scale and zero point from the observed range (which always includes 0)."""
+    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    scale = (hi - lo) / (qmax - qmin)
+    return scale, qmin - round(lo / scale)
+
+
+def _hand_quantized(net, x, calib, bits):
+    """conv -> relu -> global average pool, quantised by hand: symmetric per-output-channel weights,
+    per-tensor affine activations with the ranges seen on `calib` by the float network."""
+    conv = net[0]
+    aq = (0, 127) if bits == 8 else (0, 2 ** bits - 1)  # 8 bits: the x86 backend's 7-bit activation range
+    wq = (-2 ** (bits - 1), 2 ** (bits - 1) - 1)
+    w = conv.weight.detach()
+    w_scale = w.abs().amax(dim=(1, 2, 3), keepdim=True) / ((wq[1] - wq[0]) / 2)
+    w_q = _fq(w, w_scale, 0, *wq)
+    s_in, z_in = _act_qparams(calib, *aq)
+    s_out, z_out = _act_qparams(torch.relu(F.conv2d(calib, w, conv.bias, padding=1)), *aq)
+    y = torch.relu(F.conv2d(_fq(x, s_in, z_in, *aq), w_q, conv.bias, padding=1))
+    y = _fq(y, s_out, z_out, *aq)
+    return _fq(y.mean(dim=(2, 3)), s_out, z_out, *aq), s_out  # the pool keeps its input's quantisation
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_backbone_matches_a_hand_quantized_reference(bits):
+    from leanssl.quantize import quantize_backbone
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten()).eval()
+    calib, x = torch.randn(64, 2, 8, 8), torch.randn(64, 2, 8, 8) * 0.8
+    with torch.no_grad():
+        got = quantize_backbone(net, bits, calib)(x)
+        ref, step = _hand_quantized(net, x, calib, bits)
+        full = net(x)
+    same = lambda a: ((a - ref).abs() < 0.01 * step).float().mean().item()  # noqa: E731
+    assert (got - ref).abs().max().item() <= 1.01 * step  # int32 requantisation may round a tie the other way
+    assert same(got) > 0.9 and same(full) < 0.1  # on the reference's grid point for point; the float net is not
