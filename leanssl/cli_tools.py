@@ -27,7 +27,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
     from .export import export_backbone
 
-    meta_path = export_backbone(a.run_dir, a.format, a.out)
+    meta_path = export_backbone(a.run_dir, a.format, a.out, a.quantize, a.calibration_data, a.cache_dir)
     meta = json.loads(meta_path.read_text())
     print(f"exported {meta['architecture']} ({a.format}) -> {a.out}; metadata {meta_path}\nload with: {meta['load']}")
 
@@ -108,6 +108,11 @@ def add_commands(sub) -> None:
                    help="safetensors (default), timm (a folder for timm.create_model('local-dir:PATH')), "
                         "torchscript, onnx (needs pip install 'leanssl[export]')")
     p.add_argument("--out", required=True, help="output file (a folder for --format timm)")
+    p.add_argument("--quantize", type=int, default=None, metavar="BITS",
+                   help="with --format onnx: 8 writes an int8 model (onnxruntime static quantisation, per-channel weights)")
+    p.add_argument("--calibration-data", default=None, metavar="SPEC",
+                   help="images that calibrate --quantize's activation ranges (default: the run's training data)")
+    p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("embed", help="embeddings of every image: FILE.npy plus FILE.csv (split, index, label, path)")

@@ -142,3 +142,40 @@ def test_quantized_backbone_matches_a_hand_quantized_reference(bits):
     same = lambda a: ((a - ref).abs() < 0.01 * step).float().mean().item()  # noqa: E731
     assert (got - ref).abs().max().item() <= 1.01 * step  # int32 requantisation may round a tie the other way
     assert same(got) > 0.9 and same(full) < 0.1  # on the reference's grid point for point; the float net is not
+
+
+def test_int8_onnx_export_runs_in_onnxruntime_and_keeps_the_fp32_accuracy(teacher, tiny_npz, tmp_path):
+    """The int8 model against the fp32 one its export traced (that export is itself checked against PyTorch
+    to 1e-4, recorded as fp32_max_abs_diff_vs_pytorch): the same kNN accuracy on held-out images."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from leanssl.eval.knn import knn_top1
+    from leanssl.export import load_backbone
+
+    data = np.load(tiny_npz)
+    assert main(["export", str(teacher), "--format", "onnx", "--quantize", "8", "--out", str(tmp_path / "int8.onnx"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    meta = json.loads((tmp_path / "int8.onnx.json").read_text())
+    assert meta["quantized"]["bits"] == 8 and meta["fp32_max_abs_diff_vs_pytorch"] < 1e-3
+    assert not (tmp_path / "int8.fp32.onnx").exists()
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node)
+    sess = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    fp32_net = load_backbone(teacher)
+
+    def accuracy(run):
+        inputs = [to_model_input(torch.from_numpy(x[:, None]), meta["mean"], meta["std"], 1, 12).contiguous()
+                  for x in (data["x"], data["x_test"])]
+        feats = [run(x) for x in inputs]
+        return knn_top1(feats[0], torch.from_numpy(data["y"]), feats[1], torch.from_numpy(data["y_test"]), 4, k=20)
+
+    int8 = accuracy(lambda x: torch.from_numpy(sess.run(None, {"images": x.numpy()})[0]))
+    with torch.no_grad():
+        fp32 = accuracy(fp32_net)
+    assert abs(int8 - fp32) <= 0.1, (fp32, int8)  # 32 test images: at most 3 change
+    assert meta["quantized"]["mean_cosine_vs_fp32"] > 0.95
+
+
+def test_export_quantize_is_onnx_int8_only(teacher, tmp_path, capsys):
+    assert main(["export", str(teacher), "--format", "safetensors", "--quantize", "8", "--out", str(tmp_path / "a")]) == 2
+    assert "only --format onnx --quantize 8" in capsys.readouterr().err
