@@ -23,6 +23,8 @@ _METHOD_FLAGS = {
     "--bank-update": ("bank_update", str, "bank update rule: grad or ema"),
     "--bank-momentum": ("bank_momentum", float, "m of the ema bank rule"),
     "--bank-lr": ("bank_lr", float, "η of the grad bank rule (summed-loss convention)"),
+    "--ssql-weight": ("ssql_weight", float, "essl, simclr: weight of the SSQL quantisation term (0: off; bit range: "
+                      "--method-arg ssql_bits=2,8)"),
 }
 
 

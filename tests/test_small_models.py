@@ -179,3 +179,82 @@ def test_int8_onnx_export_runs_in_onnxruntime_and_keeps_the_fp32_accuracy(teache
 def test_export_quantize_is_onnx_int8_only(teacher, tmp_path, capsys):
     assert main(["export", str(teacher), "--format", "safetensors", "--quantize", "8", "--out", str(tmp_path / "a")]) == 2
     assert "only --format onnx --quantize 8" in capsys.readouterr().err
+
+
+# --- the SSQL term --------------------------------------------------------------------------------
+
+def _essl(ssql_weight):
+    from leanssl.methods.essl import ESSL, EsslConfig
+
+    torch.manual_seed(0)
+    info = DataInfo(40, 1, 12, (0.5,), (0.25,))
+    return ESSL(build_backbone("small_cnn", 1, 12), info, EsslConfig(dim=8, proj_hidden=16, negatives=10,
+                                                                       ssql_weight=ssql_weight, ssql_bits=(4, 4)))
+
+
+def _hand_ssql(method, v, z_full, bits):
+    """The term from a separate network holding the rounded weights as its own leaves, layer inputs rounded
+    (identity gradient); returns the term and that copy, whose weight gradients the STE must reproduce."""
+    import copy
+
+    from torch import nn
+
+    q = copy.deepcopy(method.backbone)
+    for m in q.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight.detach()
+            qmax = 2 ** (bits - 1) - 1
+            s = w.abs().flatten(1).amax(1).view(-1, *[1] * (w.ndim - 1)) / qmax
+            m.weight = nn.Parameter(_fq(w, s, 0, -qmax, qmax))
+
+            def hook(_, args, bits=bits):
+                x = args[0]
+                s_, z_ = _act_qparams(x.detach(), 0, 2 ** bits - 1)
+                return (x + (_fq(x, s_, z_, 0, 2 ** bits - 1) - x).detach(),)
+            m.register_forward_pre_hook(hook)
+    z_q = method.head(q(v))
+    return (2 - 2 * F.cosine_similarity(z_q, z_full.detach(), dim=1)).mean(), q
+
+
+def test_ssql_gradient_reaches_the_single_full_precision_copy_as_the_straight_through_estimate():
+    from torch import nn
+
+    from leanssl.methods.ssql import ssql_term
+
+    method = _essl(1.0)
+    assert [n for n, _ in method.named_parameters()] == [n for n, _ in _essl(0.0).named_parameters()]  # no 2nd copy
+    method.train()
+    v = torch.randn(16, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    z_full = method.embed(v)
+    stats = {n: b.clone() for n, b in method.backbone.named_buffers()}
+    term = ssql_term(method.backbone, method.head, v, z_full, bits=4)
+    assert all(torch.equal(b, stats[n]) for n, b in method.backbone.named_buffers())  # BN running stats untouched
+    ref, copy_ = _hand_ssql(method, v, z_full, 4)
+    assert term.item() == pytest.approx(ref.item(), rel=1e-4)
+    method.zero_grad()
+    term.backward()
+    got = [m.weight.grad for m in method.backbone.modules() if isinstance(m, nn.Conv2d)]
+    ref.backward()
+    want = [m.weight.grad for m in copy_.modules() if isinstance(m, nn.Conv2d)]
+    assert all(g is not None and g.abs().sum() > 0 for g in got)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-3, atol=1e-6)
+
+
+def test_ssql_option_trains_essl_and_simclr_and_changes_the_loss(tiny_npz, tmp_path):
+    losses = {}
+    for method, weight in (("essl", 0.0), ("essl", 1.0), ("simclr", 1.0)):
+        out = tmp_path / f"{method}-{weight}"
+        args = dict(TINY_ESSL) if method == "essl" else {"dim": 16}
+        s = train(TrainConfig(data=f"npz:{tiny_npz}", method=method, epochs=1, batch_size=16, out=str(out),
+                              cache_dir=str(tmp_path / "cache"), progress=False,
+                              method_args={**args, "ssql_weight": weight, "ssql_bits": (2, 8)}))
+        losses[method, weight] = s["final_loss"]
+    assert losses["essl", 1.0] != losses["essl", 0.0]
+    assert all(np.isfinite(v) for v in losses.values())
+
+
+def test_ssql_bad_bit_range_is_one_line(tiny_npz, tmp_path, capsys):
+    assert main(["train", "--data", f"npz:{tiny_npz}", "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "r"),
+                 "--ssql-weight", "1", "--method-arg", "ssql_bits=1,8", "--no-progress"]) == 2
+    assert "ssql_bits" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from ..bank import MemoryBank
 from ..errors import LeansslError
 from ..models.heads import mlp
 from .base import Method
+from .ssql import check_bits, draw_bits, ssql_term
 
 
 @dataclass
@@ -46,6 +47,8 @@ class EsslConfig:
     bank_lr: float = 0.1           # η for the grad rule, per-sample *summed* CE convention (see bank.update_grad)
     kl_to_bank: bool = False       # let SqrtKL's gradient reach the bank in the grad rule (ablation)
     calibrate: bool = True         # fill the bank from one pass of the untrained network before epoch 1
+    ssql_weight: float = 0.0       # weight of the SSQL quantisation term (methods/ssql.py); 0 switches it off
+    ssql_bits: tuple = (2, 8)      # its bit-width range, one drawn per step
 
 
 def sqrt_kl(s: torch.Tensor) -> torch.Tensor:
@@ -93,6 +96,7 @@ class ESSL(Method):
         self.cfg = cfg = cfg or self.Config()
         if cfg.bank_update not in ("grad", "ema"):
             raise LeansslError(f"unknown bank update '{cfg.bank_update}': use grad or ema")
+        check_bits(cfg.ssql_bits)
         width = backbone.out_dim
         hidden = cfg.proj_hidden or (2048 if width >= 512 else 4 * width)
         self.head = mlp(width, hidden, cfg.dim)
@@ -145,6 +149,9 @@ class ESSL(Method):
             kl = sqrt_kl(s_kl)
             loss = loss + cfg.kl_weight * kl
             logs["kl"] = kl.detach()
+        if cfg.ssql_weight > 0:
+            q = ssql_term(self.backbone, self.head, v, z, draw_bits(rng, cfg.ssql_bits))
+            loss, logs["ssql"] = loss + cfg.ssql_weight * q, q.detach()
         self._pending = (batch_idx, cols, w, z.detach(), perm, lam)
         return loss, logs
 
