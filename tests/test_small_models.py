@@ -258,3 +258,14 @@ def test_ssql_bad_bit_range_is_one_line(tiny_npz, tmp_path, capsys):
     assert main(["train", "--data", f"npz:{tiny_npz}", "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "r"),
                  "--ssql-weight", "1", "--method-arg", "ssql_bits=1,8", "--no-progress"]) == 2
     assert "ssql_bits" in capsys.readouterr().err
+
+
+def test_bench_cells_score_the_quantised_backbone(tiny_npz, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the cell process inherits it
+    out = tmp_path / "bench"
+    assert main(["bench", "--data", f"npz:{tiny_npz}", "--methods", "essl", "--backbones", "small_cnn", "--fractions",
+                 "1", "--epochs", "1", "--batch-size", "16", "--quantize", "8", "--no-floors", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]) == 0
+    cell = json.loads((out / "results.json").read_text())["cells"][0]
+    q = cell["quantized"]["8"]
+    assert q["how"].startswith("int8") and abs(q["knn_top1"] - cell["eval"]["knn_top1"]) <= 0.1
