@@ -24,6 +24,8 @@ _METHOD_FLAGS = {
     "--bank-update": ("bank_update", str, "bank update rule: grad or ema"),
     "--bank-momentum": ("bank_momentum", float, "m of the ema bank rule"),
     "--bank-lr": ("bank_lr", float, "η of the grad bank rule (summed-loss convention)"),
+    "--ssql-weight": ("ssql_weight", float, "essl, simclr: weight of the SSQL quantisation term (0: off; bit range: "
+                      "--method-arg ssql_bits=2,8)"),
 }
 
 
@@ -34,13 +36,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"leanssl: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def _add_train_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     p.add_argument("--data", required=True, help="data SPEC: digits, fashion-mnist[:PATH], mnist:PATH, cifar10:PATH, "
                    "cifar100:PATH, stl10:PATH, folder:PATH (or a bare folder), npz:PATH")
-    p.add_argument("--method", default="essl",
-                   help="essl (default), npid, simclr, mocov2, byol, simsiam, swav, barlow, dino or twist")
-    p.add_argument("--backbone", default="small_cnn",
-                   help="small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
+    if distill:  # the method is simreg; the backbone is the student
+        p.add_argument("teacher", help="the teacher's run folder (its backbone is frozen)")
+        p.add_argument("--student", dest="backbone", default="small_cnn", help="the student backbone (as train --backbone)")
+        p.add_argument("--head-layers", type=int, default=None,
+                       help="depth of the student's prediction MLP, dropped from the export (default 4)")
+        p.set_defaults(method="simreg")
+    else:
+        p.add_argument("--method", default="essl",
+                       help="essl (default), npid, simclr, mocov2, byol, simsiam, swav, barlow, dino or twist")
+        p.add_argument("--backbone", default="small_cnn",
+                       help="small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 100; with --budget, a cap)")
     p.add_argument("--budget", type=parse_duration, default=None, metavar="TIME",
                    help="train for this wall-clock time (e.g. 90s, 10m, 1.5h; a bare number is seconds); "
@@ -115,6 +124,11 @@ def _train_config(a: argparse.Namespace):
 
     method_args = {field: getattr(a, flag[2:].replace("-", "_")) for flag, (field, _, _) in _METHOD_FLAGS.items()}
     method_args.update(calibrate=a.calibrate, kl_to_bank=a.kl_to_bank)
+    if a.method == "simreg":
+        from .train import load_run_config
+
+        load_run_config(Path(a.teacher))  # a bad teacher folder fails before any data is decoded
+        method_args.update(teacher=str(Path(a.teacher).resolve()), head_layers=a.head_layers)
     method_args.update(_method_arg_values(a.method, a.method_arg))
     data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
     return TrainConfig(
@@ -237,9 +251,11 @@ def _eval_settings(a: argparse.Namespace):
 def cmd_eval(a: argparse.Namespace) -> None:
     from .eval.evaluate import evaluate, parse_protocols
     from .eval.report import format_report
+    from .quantize import parse_bits
 
     res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
-                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a))
+                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a),
+                   quantize=parse_bits(a.quantize) if a.quantize else ())
     from .eval.report import incomplete_note
 
     if incomplete_note(res):
@@ -273,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("distill", help="distil a trained run's backbone into a small student (SimReg feature regression)")
+    _add_train_args(p, distill=True)
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("eval", help="evaluate a run's backbone on a labelled source")
     p.add_argument("run_dir", help="run folder (or an exported .safetensors backbone)")
     p.add_argument("--data", required=True, help="data SPEC with labels (may differ from the pretraining data: transfer)")
@@ -293,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fewshot-ways", type=int, default=None, help="N of N-way episodes (default 5)")
     p.add_argument("--fewshot-shots", default=None, help="comma-separated K of K-shot episodes (default 1,5,20)")
     p.add_argument("--fewshot-episodes", type=int, default=None, help="episodes per setting (default 600)")
+    p.add_argument("--quantize", default=None, metavar="BITS",
+                   help="also score the backbone quantised to these bit-widths, e.g. 8,4 (8: real int8 on the CPU; "
+                        "fewer: simulated)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the markdown report is still written)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes' splits and episodes (default 0)")

@@ -34,7 +34,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
     from .export import export_backbone
 
-    meta_path = export_backbone(a.run_dir, a.format, a.out)
+    meta_path = export_backbone(a.run_dir, a.format, a.out, a.quantize, a.calibration_data, a.cache_dir)
     meta = json.loads(meta_path.read_text())
     print(f"exported {meta['architecture']} ({a.format}) -> {a.out}; metadata {meta_path}\nload with: {meta['load']}")
 
@@ -85,7 +85,7 @@ def _bench_command(a: argparse.Namespace) -> str:
     import shlex
 
     parts = ["leanssl", "bench", "--data", a.data, "--profile", a.profile]
-    for flag in ("methods", "backbones", "fractions", "epochs", "batch_size", "out", "device", "seed"):
+    for flag in ("methods", "backbones", "fractions", "epochs", "batch_size", "out", "device", "seed", "quantize"):
         value = getattr(a, flag)
         if value is not None and not (flag == "seed" and value == 0) and not (flag == "device" and value == "auto"):
             parts += [f"--{flag.replace('_', '-')}", str(value)]
@@ -95,10 +95,12 @@ def _bench_command(a: argparse.Namespace) -> str:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     from .bench.grid import PROFILES, build_grid, estimate, parse_fractions, parse_list
     from .bench.run import BenchPlan, report_only, run_bench
+    from .quantize import parse_bits
 
     profile = PROFILES[a.profile]
     cells = build_grid(profile, methods=parse_list(a.methods, "methods") if a.methods else None,
@@ -106,7 +108,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                        fractions=parse_fractions(a.fractions) if a.fractions else None, epochs=a.epochs, budget=a.budget)
     data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
     plan = BenchPlan(data=a.data, cells=cells, out=Path(a.out or f"runs/bench-{data_name}-{a.profile}"),
-                     profile=a.profile, batch_size=a.batch_size or profile.batch_size, eval=profile.eval, seed=a.seed,
+                     profile=a.profile, batch_size=a.batch_size or profile.batch_size,
+                     eval=replace(profile.eval, quantize=parse_bits(a.quantize)) if a.quantize else profile.eval, seed=a.seed,
                      device=a.device, cache_dir=a.cache_dir, command=_bench_command(a), floors=a.floors)
     if a.dry_run:
         print(f"{len(cells)} cells, batch {plan.batch_size}, results in {plan.out}; time: {estimate(cells, profile)}:")
@@ -134,6 +137,11 @@ def add_commands(sub) -> None:
                    help="safetensors (default), timm (a folder for timm.create_model('local-dir:PATH')), "
                         "torchscript, onnx (needs the export extra: pip install -e '.[export]' in a clone)")
     p.add_argument("--out", required=True, help="output file (a folder for --format timm)")
+    p.add_argument("--quantize", type=int, default=None, metavar="BITS",
+                   help="with --format onnx: 8 writes an int8 model (onnxruntime static quantisation, per-channel weights)")
+    p.add_argument("--calibration-data", default=None, metavar="SPEC",
+                   help="images that calibrate --quantize's activation ranges (default: the run's training data)")
+    p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("embed", help="embeddings of every image: FILE.npy plus FILE.csv (split, index, label, path)")
@@ -181,6 +189,8 @@ def add_commands(sub) -> None:
     p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
                    help="also score raw pixels and each backbone at random initialisation (default on)")
+    p.add_argument("--quantize", default=None, metavar="BITS",
+                   help="also score every cell's backbone quantised to these bit-widths, e.g. 8,4 (as eval --quantize)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite results and report from the finished cells, run nothing")

@@ -181,6 +181,15 @@ def _export_onnx(model: nn.Module, meta: dict, out: Path) -> float:
         return _check_outputs(model(x3), got, "ONNX")
 
 
+def _calibration(run_dir, meta: dict, data: str | None, cache_dir) -> torch.Tensor:
+    """Normalised training images of `data` (default: the run's) at the backbone's input size."""
+    from .data.sources import open_dataset
+    from .quantize import calibration_batch
+
+    ds = open_dataset(data or meta["data"], meta["resolution"], cache_dir, progress=False)
+    return calibration_batch(ds.pretrain.x, meta).contiguous()
+
+
 def _export_torchscript(model: nn.Module, meta: dict, out: Path) -> float:
     import warnings
 
@@ -195,12 +204,44 @@ def _export_torchscript(model: nn.Module, meta: dict, out: Path) -> float:
         return _check_outputs(model(x3), loaded(x3), "TorchScript")
 
 
-def export_backbone(run_dir, fmt: str, out) -> Path:
-    """Write the run's backbone in `fmt` to `out` with its metadata; returns the metadata file's path."""
+def _quantize_onnx(model: nn.Module, fp32: Path, out: Path, calibration: torch.Tensor) -> dict:
+    """onnxruntime's static int8 quantisation of the fp32 export (QDQ: per-channel int8 weights, per-tensor uint8
+    activations calibrated on `calibration`); returns what was done, with the int8 model's agreement with fp32."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": b.numpy()} for b in calibration.split(64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    x = calibration[:64].numpy()
+    got = torch.from_numpy(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0])
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(got, model(calibration[:64]), dim=1).mean().item()
+    return {"bits": 8, "weights": "int8, per output channel, symmetric", "activations": "uint8, per tensor, static",
+            "tool": "onnxruntime.quantization.quantize_static (QDQ)", "calibration_images": len(calibration),
+            "mean_cosine_vs_fp32": cos}
+
+
+def export_backbone(run_dir, fmt: str, out, quantize: int | None = None, calibration_data: str | None = None,
+                    cache_dir=None) -> Path:
+    """Write the run's backbone in `fmt` to `out` with its metadata; returns the metadata file's path.
+
+    `quantize=8` (ONNX only) writes an int8 model, calibrated on training images of `calibration_data`
+    (default: the run's own data).
+    """
     import timm
 
     if fmt not in FORMATS:
         raise LeansslError(f"unknown export format '{fmt}': choose from {', '.join(FORMATS)}")
+    if quantize is not None and (fmt != "onnx" or quantize != 8):
+        raise LeansslError("--quantize: only --format onnx --quantize 8 is supported (int8 through onnxruntime); "
+                           "lower bit-widths are scored by leanssl eval --quantize")
     meta = run_metadata(run_dir)
     arch = meta["architecture"]
     if fmt == "timm" and not timm.is_model(arch):
@@ -231,9 +272,16 @@ def export_backbone(run_dir, fmt: str, out) -> Path:
         elif fmt == "torchscript":
             meta["load"] = f'torch.jit.load("{out}")'
             meta["max_abs_diff_vs_pytorch"] = _export_torchscript(model, meta, out)
-        else:
+        elif quantize is None:
             meta["load"] = f'onnxruntime.InferenceSession("{out}")  # input "images", output "features"'
             meta["max_abs_diff_vs_pytorch"] = _export_onnx(model, meta, out)
+        else:
+            meta["load"] = f'onnxruntime.InferenceSession("{out}")  # int8; input "images", output "features"'
+            fp32 = out.with_name(out.stem + ".fp32.onnx")
+            meta["fp32_max_abs_diff_vs_pytorch"] = _export_onnx(model, meta, fp32)
+            meta["quantized"] = _quantize_onnx(model, fp32, out, _calibration(run_dir, meta, calibration_data, cache_dir))
+            meta["quantized"]["calibration_data"] = calibration_data or meta["data"]
+            fp32.unlink()
         meta_path = out.with_name(out.name + ".json")
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return meta_path

@@ -203,6 +203,14 @@ def run_cell(folder: Path, spec: dict) -> dict:
         parts["eval"] = {**evalset.score(ftr, fte, cfg.seed), **evalset.sizes()}
         parts["final_curve_knn"] = evalset.curve_knn(ftr, fte, subsampled=False)
         write_json(parts_path, parts)
+    if plan.quantize and "quantized" not in parts:
+        from ..quantize import how, quantized_features
+
+        print(f"bench: evaluating {c['method']} {c['backbone']} quantised to {plan.quantize} bits", flush=True)
+        parts["quantized"] = {str(b): {"how": how(b), **evalset.score(*quantized_features(
+            backbone, b, evalset.ds.train.x[evalset.tr], evalset.ds.test.x[evalset.te], info, cfg.seed), cfg.seed)}
+            for b in plan.quantize}
+        write_json(parts_path, parts)
     if "curve" not in parts:
         parts["curve"] = _curve(folder / "curve", evalset, cfg, info, summary, parts["final_curve_knn"])
         write_json(parts_path, parts)

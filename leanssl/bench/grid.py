@@ -78,6 +78,7 @@ class EvalPlan:
     fewshot_ways: int = 5
     fewshot_shots: tuple[int, ...] = (5,)
     fewshot_episodes: int = 600
+    quantize: tuple[int, ...] = ()   # also score the backbone quantised to these bit-widths (leanssl.quantize)
 
 
 @dataclass(frozen=True)

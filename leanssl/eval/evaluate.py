@@ -136,12 +136,13 @@ def _probe_fields(p: dict) -> dict:
 def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: int | None = None,
              fraction: float | None = None, baselines: bool = True, device: str = "auto", seed: int = 0,
              cache_dir=None, progress: bool = True, backbone=None, info=None, run_cfg=None,
-             settings: EvalSettings | None = None, report: bool = True) -> dict:
+             settings: EvalSettings | None = None, report: bool = True, quantize: tuple[int, ...] = ()) -> dict:
     """Top-1 accuracies (fractions) of each protocol on `data`'s test split.
 
     `baselines=True` adds the same protocols on a randomly initialised backbone of the same
     architecture and on raw pixels (no fine-tuning there), under "baselines". `report=True` writes
     the markdown report `eval-<data>.md` into `run_dir` (its path is returned under "report").
+    `quantize` (bit-widths) adds the backbone quantised to each, under "quantized" (leanssl.quantize).
     """
     settings = settings or EvalSettings()
     _check_settings(settings)
@@ -221,6 +222,11 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
               "knn_k": settings.knn_k, "knn_k_used": min(settings.knn_k, len(xtr)), "knn_t": settings.knn_t, "protocols": protocols, "device": str(dev), "seed": seed,
               "settings": settings.summary()}
     result.update(score(backbone, *backbone_features(backbone, "ssl"), "ssl"))
+    if quantize:
+        from ..quantize import how, quantized_features
+
+        result["quantized"] = {str(b): {"how": how(b), **score(None, *quantized_features(
+            backbone, b, xtr, ds.test.x, info, seed, progress), f"{b}-bit")} for b in quantize}
     if baselines:
         torch.manual_seed(seed)
         rand = build_backbone(run_cfg.backbone, info["channels"], info["resolution"])

@@ -122,6 +122,16 @@ def incomplete_note(res: dict) -> str | None:
             f"(training is still running or was stopped; continue it with train --resume)")
 
 
+def _quantized_lines(res: dict) -> list[str]:
+    if "quantized" not in res:
+        return []
+    rows = [["fp32", _pct(res.get("knn_top1")), _linear(res), "the backbone as trained"]]
+    rows += [[f"{bits}-bit", _pct(r.get("knn_top1")), _linear(r), r["how"]] for bits, r in res["quantized"].items()]
+    return ["", f"Quantised `{res['backbone']}` ({res['method']}): weights per output channel, activations per tensor, "
+                "calibrated on at most 512 training images; protocols as above.", ""] + _table(
+        ["weights/activations", "kNN", "linear probe", "how"], rows)
+
+
 def format_report(res: dict) -> str:
     cols = _columns(res)
     labels = ("all labelled training images" if res["labels_per_class"] is None and res["label_fraction"] is None else
@@ -149,6 +159,7 @@ def format_report(res: dict) -> str:
                       "(eval-mode) features, and the probe fitted to them, differ in scale from the train-mode features "
                       "fine-tuning sees: its warm-up row measures that mismatch too."]
     lines += _fewshot_lines(res, cols)
+    lines += _quantized_lines(res)
     return "\n".join(lines) + "\n"
 
 

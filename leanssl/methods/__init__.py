@@ -10,11 +10,12 @@ from .essl import ESSL
 from .mocov2 import MoCoV2
 from .npid import NPID
 from .simclr import SimCLR
+from .simreg import SimReg
 from .simsiam import SimSiam
 from .swav import SwAV
 from .twist import TWIST
 
-METHODS = {m.name: m for m in (ESSL, NPID, SimCLR, MoCoV2, BYOL, SimSiam, SwAV, BarlowTwins, DINO, TWIST)}
+METHODS = {m.name: m for m in (ESSL, NPID, SimCLR, MoCoV2, BYOL, SimSiam, SwAV, BarlowTwins, DINO, TWIST, SimReg)}
 
 
 def get_method(name: str):

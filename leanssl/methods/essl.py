@@ -31,12 +31,13 @@ from .. import distributed
 from ..bank import MemoryBank
 from ..models.heads import mlp
 from .base import Method
+from .ssql import check_bits, draw_bits, ssql_term
 
 
 @dataclass
 @checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, negatives=NON_NEGATIVE, tau=POSITIVE, kl_weight=NON_NEGATIVE,
          cutmix_alpha=NON_NEGATIVE, bank_momentum=Range(0, 1, hi_open=True), bank_lr=POSITIVE,
-         bank_update=Choice(("grad", "ema")), calibrate_views=Choice(("plain", "augmented")))
+         bank_update=Choice(("grad", "ema")), calibrate_views=Choice(("plain", "augmented")), ssql_weight=NON_NEGATIVE)
 class EsslConfig:
     dim: int = 128                 # bank width D (paper 2048; NPID's 128 costs 16x less per scored column)
     proj_hidden: int | None = None  # projection MLP width; None: 2048 (paper) for >= 512-d backbones, else 4x width
@@ -51,6 +52,8 @@ class EsslConfig:
     kl_to_bank: bool = False       # let SqrtKL's gradient reach the bank in the grad rule (ablation)
     calibrate: bool = True         # fill the bank from one pass of the untrained network before epoch 1
     calibrate_views: str = "plain"  # "plain": un-augmented images; "augmented": the training view, shuffled (authors)
+    ssql_weight: float = 0.0       # weight of the SSQL quantisation term (methods/ssql.py); 0 switches it off
+    ssql_bits: tuple = (2, 8)      # its bit-width range, one drawn per step
 
 
 def sqrt_kl(s: torch.Tensor) -> torch.Tensor:
@@ -101,6 +104,7 @@ class ESSL(Method):
     def __init__(self, backbone, data, cfg: EsslConfig | None = None, aug=None):
         super().__init__(backbone, data, aug)
         self.cfg = cfg = cfg or self.Config()
+        check_bits(cfg.ssql_bits)
         width = backbone.out_dim
         hidden = cfg.proj_hidden or (2048 if width >= 512 else 4 * width)
         self.head = mlp(width, hidden, cfg.dim)
@@ -157,6 +161,9 @@ class ESSL(Method):
             kl = sqrt_kl(s_kl)
             loss = loss + cfg.kl_weight * kl
             logs["kl"] = kl.detach()
+        if cfg.ssql_weight > 0:
+            q = ssql_term(self.backbone, self.head, v, z, draw_bits(rng, cfg.ssql_bits))
+            loss, logs["ssql"] = loss + cfg.ssql_weight * q, q.detach()
         self._pending = (batch_idx, cols, w, z.detach(), perm, lam)
         return loss, logs
 

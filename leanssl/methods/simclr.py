@@ -32,6 +32,7 @@ from ..data.augment import AugConfig
 from ..models.heads import mlp
 from .base import Method
 from .common import by_size, is_small
+from .ssql import check_bits, draw_bits, ssql_term
 
 
 @dataclass
@@ -40,6 +41,8 @@ class SimclrConfig:
     dim: int = 128                  # projection output
     proj_hidden: int | None = None  # None: the backbone's width
     tau: float | None = None        # None: 0.5 at <= 32 px, 0.1 above
+    ssql_weight: float = 0.0        # weight of the SSQL quantisation term on the first view (methods/ssql.py); 0: off
+    ssql_bits: tuple = (2, 8)       # its bit-width range, one drawn per step
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -74,11 +77,15 @@ class SimCLR(Method):
         super().__init__(backbone, data, aug)
         self.cfg = cfg = cfg or self.Config()
         self.tau = by_size(cfg.tau, data, 0.5, 0.1)
+        check_bits(cfg.ssql_bits)
         width = backbone.out_dim
         self.head = mlp(width, cfg.proj_hidden or width, cfg.dim, layers=2)
 
     def training_step(self, x, idx, gen, rng):
         v = torch.cat([self.augment(x, gen), self.augment(x, gen)])
         z1, z2 = self.head(self.backbone(v)).chunk(2)
-        loss = nt_xent(z1, z2, self.tau)
-        return loss, {}
+        loss, logs = nt_xent(z1, z2, self.tau), {}
+        if self.cfg.ssql_weight > 0:
+            q = ssql_term(self.backbone, self.head, v[:len(z1)], z1, draw_bits(rng, self.cfg.ssql_bits))
+            loss, logs["ssql"] = loss + self.cfg.ssql_weight * q, q.detach()
+        return loss, logs
