@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import accel, distributed
 from .data.loader import DeviceLoader
 from .data.sources import open_dataset, stratified_subset
 from .errors import LeansslError
@@ -81,6 +81,8 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; the run ends when they are spent (epochs is then a cap)
     sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     dist_timeout: float = 300.0      # under torchrun: seconds a collective may wait for another rank before failing
+    precision: str | None = None     # "bf16" or "fp32" (leanssl.accel); None: bf16 on CUDA, fp32 on a CPU
+    compile: bool = False            # torch.compile the method's networks (leanssl.accel.compile_networks)
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch_size / 256
@@ -345,6 +347,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     if cfg.time_budget is not None and not cfg.time_budget > 0:
         raise LeansslError(f"--budget must be a positive time, got {cfg.time_budget} s")
     get_method(cfg.method)  # fail on a bad name before any data is decoded
+    precision = accel.resolve_precision(cfg.precision, device)
     check_backbone_name(cfg.backbone)
 
     ckpt_path = out / "checkpoint.pt"
@@ -381,6 +384,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     if ctx is not None and cfg.sync_bn:
         method = distributed.convert_sync_batchnorm(method, device)
     method = method.to(device, memory_format=torch.channels_last)
+    if cfg.compile:
+        accel.compile_networks(method)
     opt = torch.optim.SGD(param_groups(method, cfg.weight_decay), lr=cfg.base_lr(), momentum=cfg.momentum)
     loader = DeviceLoader(x, device) if ctx is None else DeviceLoader(x, device, rank=ctx.rank, world=ctx.world)
     steps_per_epoch = loader.steps_per_epoch(cfg.batch_size)
@@ -414,7 +419,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     epochs_csv = out / "epochs.csv"
     if state is None and main:
         epochs_csv.write_text("epoch,loss,seconds,images_per_s,peak_mem_mb\n")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = accel.autocast(device, precision)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     if cfg.time_budget is not None and elapsed >= cfg.time_budget:
         end_epoch = start_epoch  # a resumed run whose budget is already spent
@@ -491,7 +496,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                     tqdm.write(f"leanssl: step {step}: {why}; batch skipped (--on-nan skip)", file=sys.stderr)
                 if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
                     raise _diverged(f"{skips_in_a_row} batches in a row diverged (the last: {why})", step, epoch, lr,
-                                    device, ckpt_path)
+                                    precision, ckpt_path)
             # read once: a signal arriving later is handled after the next step (under torchrun: the agreed one)
             interrupted = stop.signal is not None if ctx is None else signum != 0
             end_of_epoch = i + 1 == steps_per_epoch
@@ -499,7 +504,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                                              (cfg.checkpoint_every is not None and (step + 1) % cfg.checkpoint_every == 0))
             if (i + 1) % cfg.log_every == 0 or end_of_epoch or save_now:
                 rows = logger.flush()
-                _check_rows(rows, cfg.grad_norm_limit, device, ckpt_path)
+                _check_rows(rows, cfg.grad_norm_limit, precision, ckpt_path)
                 losses += [r[3] for r in rows]
                 if rows:
                     rate = (i + 1 - first) * cfg.batch_size / (time.perf_counter() - t_epoch)
@@ -516,7 +521,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
             break
         if budget_spent:  # the steps logged since the last flush still count
             rows = logger.flush()
-            _check_rows(rows, cfg.grad_norm_limit, device, ckpt_path)
+            _check_rows(rows, cfg.grad_norm_limit, precision, ckpt_path)
             losses += [r[3] for r in rows]
         steps_in_epoch = i if budget_spent else steps_per_epoch
         seconds = seconds_before + time.perf_counter() - t_epoch
@@ -551,6 +556,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                "images_seen": images_seen, "time_budget": cfg.time_budget,
                "images_per_s": (images_seen / elapsed) if elapsed and images_seen else None,
                "peak_mem_mb": max(peak_before, peak_memory_mb(device)), "device": str(device),  # over all invocations
+               "precision": precision, "compiled": cfg.compile,
                "processes": 1 if ctx is None else ctx.world,
                "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": interrupted_by}
     if main:
@@ -587,19 +593,19 @@ def _divergence(loss: float, grad_norm: float, limit: float | None) -> str | Non
     return None
 
 
-def _diverged(why: str, step: int, epoch: int, lr: float, device: torch.device, ckpt: Path) -> LeansslError:
-    prec = ", or train in fp32 (bf16 autocast is on)" if device.type == "cuda" else ""
+def _diverged(why: str, step: int, epoch: int, lr: float, precision: str, ckpt: Path) -> LeansslError:
+    prec = ", or --precision fp32 (bf16 autocast is on)" if precision == "bf16" else ""
     kept = f"the last good checkpoint ({ckpt}) is intact" if ckpt.exists() else "no checkpoint had been written yet"
     return LeansslError(f"{why} at step {step} (epoch {epoch + 1}, lr {lr:.4g}): the run diverged; "
                         f"try a lower --lr{prec}, or --on-nan skip to skip such batches; {kept}")
 
 
-def _check_rows(rows: list[tuple], limit: float | None, device: torch.device, ckpt: Path) -> None:
+def _check_rows(rows: list[tuple], limit: float | None, precision: str, ckpt: Path) -> None:
     """Stop at the first logged step whose loss or gradient norm diverged (checked once per log flush)."""
     for epoch, step, lr, loss, grad_norm in rows:
         why = _divergence(loss, grad_norm, limit)
         if why is not None:
-            raise _diverged(why, step, epoch, lr, device, ckpt)
+            raise _diverged(why, step, epoch, lr, precision, ckpt)
 
 
 def _save_checkpoint(path: Path, method, opt, cfg: TrainConfig, ctx: distributed.DistContext | None = None,
