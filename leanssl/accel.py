@@ -39,14 +39,15 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def compile_networks(method: nn.Module) -> list[str]:
+def compile_networks(method: nn.Module, backend: str = "inductor") -> list[str]:
     """torch.compile every child of `method` that holds parameters (backbone, heads, teachers), in place.
 
     Returns the names compiled. The bank, queues and augmentation hold no parameters and stay eager.
+    `backend` is torch.compile's (tests use "aot_eager": the same graph capture, no code generation).
     """
     names = []
     for name, child in method.named_children():
         if next(child.parameters(), None) is not None:
-            child.compile()
+            child.compile(backend=backend)
             names.append(name)
     return names

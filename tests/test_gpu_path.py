@@ -2,6 +2,9 @@
 host synchronisation in a step, sync-free bank columns and torch.compile. Each test runs on the CPU;
 where CUDA is visible it runs there too (benchmarks/gpu_check.py runs this file on the GPU)."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +261,46 @@ def test_cli_trains_in_bf16_on_cpu(tiny_npz, tmp_path):
                  "--device", "cpu", "--no-progress", "--out", str(out), "--negatives", "32"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["precision"] == "bf16" and summary["complete"] and np.isfinite(summary["final_loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile: the compiled networks give the eager losses and compile once
+
+# aot_eager: dynamo's graph capture and AOT autograd without code generation (a CPU compile with inductor
+# takes minutes); LEANSSL_TEST_INDUCTOR=1 (benchmarks/gpu_check.py sets it) adds the real backend.
+BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("LEANSSL_TEST_INDUCTOR") == "1" else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,precision", [("essl", "bf16"), ("simclr", "fp32")])
+def test_compiled_step_matches_eager_and_does_not_recompile(name, precision, backend, device):
+    from torch._dynamo.utils import counters
+
+    if backend == "inductor" and device == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("inductor on a CPU needs a C++ compiler")
+    precision = "bf16" if device == "cuda" else precision
+    torch._dynamo.reset()
+    x, idx = batch(device)
+    m, opt = tiny_method(name, device)
+    eager = [train_step(m, opt, x, idx, precision, step=s, seed=s)[0].item() for s in range(4)]
+    m, opt = tiny_method(name, device)
+    assert set(accel.compile_networks(m, backend)) == {"backbone", "head"}
+    compiled = [train_step(m, opt, x, idx, precision, step=0, seed=0)[0].item()]
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # the networks were captured
+    compiled += [train_step(m, opt, x, idx, precision, step=s, seed=s)[0].item() for s in range(1, 4)]
+    assert counters["stats"]["unique_graphs"] == graphs  # new views and state every step, no recompilation
+    tol = 2e-2 if precision == "bf16" or backend == "inductor" else 1e-4
+    np.testing.assert_allclose(compiled, eager, rtol=tol, atol=tol)
+    assert "_orig_mod" not in "".join(m.state_dict())  # checkpoints keep the eager model's keys
+
+
+def test_cli_flags_reach_the_config():
+    from leanssl.cli import _train_config, build_parser
+
+    a = build_parser().parse_args(["train", "--data", "digits", "--compile", "--precision", "bf16"])
+    cfg = _train_config(a)
+    assert cfg.compile and cfg.precision == "bf16"
+    cfg = _train_config(build_parser().parse_args(["train", "--data", "digits"]))
+    assert not cfg.compile and cfg.precision is None
