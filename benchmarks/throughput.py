@@ -99,8 +99,8 @@ class Ours:
             yield from self.loader.epoch(self.batch_size, seed * 7919 + epoch)
             epoch += 1
 
-    def compile(self) -> None:
-        accel.compile_networks(self.method)
+    def compile(self, backend: str = "inductor") -> None:
+        accel.compile_networks(self.method, backend)
 
     def run(self, steps: int) -> None:
         """`steps` training steps; the logged values are gathered at the end (the loop syncs every log_every steps)."""
@@ -147,8 +147,8 @@ class Peer:
         self.step_no = 0
         self.model.train()
 
-    def compile(self) -> None:
-        accel.compile_networks(self.model)  # as ours: every network of the model
+    def compile(self, backend: str = "inductor") -> None:
+        accel.compile_networks(self.model, backend)  # as ours: every network of the model
 
     def start(self) -> None:
         self.batches = iter(self.loader)
@@ -226,7 +226,7 @@ def matmul_peak(device: torch.device, precision: str) -> float:
 
 def measure(methods: list[str], x: np.ndarray, info: DataInfo, backbone: str, batch_size: int, device: torch.device,
             rounds: int, steps: int, warmup: int, peer: bool = True, workers: int | None = None,
-            compile: bool = False, precision: str | None = None, log=print) -> dict:
+            compile: bool = False, precision: str | None = None, compile_backend: str = "inductor", log=print) -> dict:
     """Interleaved rounds over every method (and the peer); returns per-runner rates and the derived statistics."""
     loader = DeviceLoader(x, device)
     precision = accel.resolve_precision(precision, device)
@@ -240,7 +240,7 @@ def measure(methods: list[str], x: np.ndarray, info: DataInfo, backbone: str, ba
              else Ours(name, loader, info, backbone, batch_size, device, precision))
         flops = flops_per_step(r, device)
         if compile:
-            r.compile()
+            r.compile(compile_backend)
         timed(r, 1, warmup, device)  # first use: allocator, compile, worker start
         entry = {"flops_per_step": flops, "gflop_per_image": flops / batch_size / 1e9}
         if device.type == "cuda":
@@ -306,7 +306,7 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (the profile's defaults follow it)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated leanssl methods (default: all)")
@@ -321,8 +321,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=None, help="the peer's DataLoader workers")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (ours and the peer's)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA, fp32 on a CPU")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (aot_eager: a quick CPU dry run)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput-<device>.json)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parser().parse_args(argv)
 
     device = resolve_device(a.device)
     prof = PROFILES[device.type]
@@ -336,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     x, info = synthetic(shape, settings["images"])
     out = measure(methods, x, info, settings["backbone"], settings["batch_size"], device, settings["rounds"],
                   settings["steps"], settings["warmup"], peer=a.peer, workers=a.workers, compile=a.compile,
-                  precision=settings["precision"])
+                  precision=settings["precision"], compile_backend=a.compile_backend)
     out |= {"settings": settings, "machine": machine(device), "torch": torch.__version__,
             "lightly": __import__("lightly").__version__ if a.peer else None, "date": time.strftime("%Y-%m-%d %H:%M"),
             "commit": commit_label(), "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}
