@@ -304,3 +304,10 @@ def test_cli_flags_reach_the_config():
     assert cfg.compile and cfg.precision == "bf16"
     cfg = _train_config(build_parser().parse_args(["train", "--data", "digits"]))
     assert not cfg.compile and cfg.precision is None
+
+
+def test_a_bf16_divergence_suggests_fp32(tmp_path):
+    from leanssl.train import _diverged
+
+    assert "--precision fp32" in str(_diverged("loss became nan", 3, 0, 0.1, "bf16", tmp_path / "checkpoint.pt"))
+    assert "--precision" not in str(_diverged("loss became nan", 3, 0, 0.1, "fp32", tmp_path / "checkpoint.pt"))
