@@ -20,7 +20,8 @@ that no longer fits in what is left of the budget is skipped and reported as suc
   suite          the rest of the test suite on the machine (CUDA where tests use --device auto)
 
 Writes <out>/report.json and <out>/report.md (default benchmarks/results/gpu-check/) after every stage,
-so a check cut short still leaves its report. The targets (issue 7) are checked in the report:
+so a check cut short still leaves its report; each stage's output is in <out>/logs/, and the bulky
+files (the synthetic data, its cache, the training run) are in <out>/work/ (git-ignored). The targets (issue 7) are checked in the report:
 essl >= 40,000 images/s end to end, two-view methods >= 20,000, essl >= 10x lightly's SimCLR,
 essl's peak memory below simclr's.
 """
@@ -97,7 +98,9 @@ def synthetic_npz(path: Path, shape: tuple[int, int, int], n: int) -> Path:
     return path
 
 
-def stage_command(name: str, s: dict, out: Path, left: float, dry: bool) -> tuple[list[str], dict]:
+def stage_command(name: str, s: dict, out: Path, left: float, dry: bool, work: Path | None = None) -> tuple[list[str], dict]:
+    """A stage's command and extra environment; results go to `out`, bulky files (data, cache, run) to `work`."""
+    work = work or out
     py = sys.executable
     if name == "install":
         return [py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."], {}
@@ -119,12 +122,13 @@ def stage_command(name: str, s: dict, out: Path, left: float, dry: bool) -> tupl
                 "--warmup", str(s["warmup"]), "--out", str(out / f"{name}.json"), "--compile-backend", s["backend"],
                 *(["--compile"] if compile_ else []), *([] if peer else ["--no-peer"])], {}
     if name == "train":
-        data = synthetic_npz(out / "synthetic.npz", s["shape"], s["images"])
+        work.mkdir(parents=True, exist_ok=True)
+        data = synthetic_npz(work / "synthetic.npz", s["shape"], s["images"])
         budget = max(10, int(min(FULL["train"], left) - 90))  # the stage's time less data decoding and compilation
         return [py, "-m", "leanssl", "train", "--data", f"npz:{data}", "--method", "essl", "--backbone", s["backbone"],
                 "--batch-size", str(s["batch"]), "--epochs", str(s["epochs"]), "--precision", "bf16",
-                "--device", s["device"], "--budget", f"{budget}s", "--no-progress", "--out", str(out / "essl-run"),
-                "--cache-dir", str(out / "cache"), *([] if dry else ["--compile"])], {}
+                "--device", s["device"], "--budget", f"{budget}s", "--no-progress", "--out", str(work / "essl-run"),
+                "--cache-dir", str(work / "cache"), *([] if dry else ["--compile"])], {}
     raise ValueError(name)
 
 
@@ -149,7 +153,7 @@ def environment() -> dict:
     return info
 
 
-def collect(report: dict, out: Path) -> None:
+def collect(report: dict, out: Path, work: Path | None = None) -> None:
     """Read each finished stage's results into the report and check the targets."""
     tp = {}
     for name in THROUGHPUT:
@@ -160,7 +164,7 @@ def collect(report: dict, out: Path) -> None:
                                                             "achieved_tflop_s", "gflop_per_image", "peak_mem_mb")}
                                 for m, e in v["results"].items()} | {"_matmul_peak_tflop_s": v["matmul_peak_tflop_s"]}
                             for k, v in tp.items()}
-    summary = out / "essl-run" / "summary.json"
+    summary = (work or out) / "essl-run" / "summary.json"
     if summary.is_file():
         report["train"] = json.loads(summary.read_text())
     for name in ("tests", "suite"):
@@ -243,9 +247,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dry-run", action="store_true", help="every stage at toy size on the CPU (no install)")
     p.add_argument("--minutes", type=float, default=8.0, help="device-time budget for all stages (default 8)")
     p.add_argument("--stages", default=",".join(FULL), help=f"comma-separated subset of {','.join(FULL)}")
-    p.add_argument("--out", default=str(ROOT / "results" / "gpu-check"))
+    p.add_argument("--out", default=str(ROOT / "results" / "gpu-check"), help="the report, logs and stage results")
+    p.add_argument("--work", default=None, help="synthetic data, cache and the training run (default <out>/work)")
     a = p.parse_args(argv)
     dry, out = a.dry_run, Path(a.out)
+    work = Path(a.work) if a.work else out / "work"
     out.mkdir(parents=True, exist_ok=True)
     wanted = [s for s in a.stages.split(",") if s]
     unknown = set(wanted) - set(FULL)
@@ -269,12 +275,12 @@ def main(argv: list[str] | None = None) -> dict:
         elif not dry and (left < 60 or (name != "train" and left < 0.5 * FULL[name])):  # train shortens its budget
             report["stages"].append({"name": name, "status": f"skipped (no time left: {left:.0f} s)", "seconds": 0})
         else:
-            cmd, env = stage_command(name, s, out, left, dry)
+            cmd, env = stage_command(name, s, out, left, dry, work)
             print(f"[gpu_check] {name}: {' '.join(cmd)}", flush=True)
             report["stages"].append(run_stage(name, cmd, 600 if dry else min(FULL[name], left), out, env))
             print(f"[gpu_check] {name}: {report['stages'][-1]['status']} in {report['stages'][-1]['seconds']} s", flush=True)
         report["seconds_used"] = time.perf_counter() - start
-        collect(report, out)
+        collect(report, out, work)
         (out / "report.json").write_text(json.dumps(report, indent=2))
         (out / "report.md").write_text(markdown(report))
     print(f"[gpu_check] report: {out / 'report.md'}")

@@ -9,9 +9,9 @@
 Synthetic uint8 images of the given shape (throughput does not depend on their contents).
 Every number is end to end: batch gather, augmentation, forward, backward, optimizer step and the
 method's after-step update (bank, EMA teacher, queue), after warm-up steps. Ours runs the step
-sequence of leanssl.train's loop on a method built by leanssl.train.build_method, channels_last and
-at `leanssl train`'s precision (bf16 autocast on a GPU, fp32 on a CPU, unless --precision). The one thing left out is `setup`
-(essl's feature calibration, a one-off no-grad pass before epoch 1): a step costs the same
+sequence of leanssl.train's loop on a method built by leanssl.train.build_method, channels_last, at
+`leanssl train`'s precision (bf16 autocast on a GPU, fp32 on a CPU, unless --precision). The one
+thing left out is `setup` (essl's feature calibration, a one-off no-grad pass before epoch 1): a step costs the same
 whatever the bank holds. The peer is lightly's SimCLR as benchmarks/peer_lightly.py runs it
 (per-image torchvision transforms in DataLoader workers, lightly's head and NTXentLoss), on the
 same backbone and batch, given the same precision and channels_last.
