@@ -314,3 +314,32 @@ def test_a_bf16_divergence_suggests_fp32(tmp_path):
 
     assert "--precision fp32" in str(_diverged("loss became nan", 3, 0, 0.1, "bf16", tmp_path / "checkpoint.pt"))
     assert "--precision" not in str(_diverged("loss became nan", 3, 0, 0.1, "fp32", tmp_path / "checkpoint.pt"))
+
+
+class HostToDevice(TorchDispatchMode):
+    """Counts copies from the host to another device (on CUDA a blocking one waits for the queued work)."""
+
+    copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        packet = func.overloadpacket
+        if packet in (aten._to_copy, aten.copy_):
+            src, dst = (args[0], kwargs.get("device")) if packet is aten._to_copy else (args[1], args[0].device)
+            self.copies += dst is not None and torch.device(dst).type != "cpu" and src.device.type == "cpu"
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("device", ["meta"] + DEVICES)  # meta: a non-CPU device without a GPU
+def test_a_resident_epoch_copies_indices_to_the_device_once_not_every_step(device):
+    from leanssl.data.loader import DeviceLoader
+
+    x = np.random.default_rng(0).integers(0, 256, size=(40, 1, 4, 4), dtype=np.uint8)
+    loader = DeviceLoader(x, device)
+    counter = HostToDevice()
+    with counter:
+        batches = list(loader.epoch(8, epoch_seed=3))
+    assert len(batches) == 5 and counter.copies == (0 if device == "cpu" else 1)
+    if device != "meta":  # the same images as the host-side reference
+        for xb, idx in batches:
+            assert torch.equal(xb.cpu(), torch.from_numpy(x)[idx.cpu()])
