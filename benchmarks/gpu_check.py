@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,6 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
         if not torch.cuda.is_available():
             p.error("no CUDA GPU visible: run on the GPU machine, or pass --dry-run")
+    for old in [out / f"{n}.json" for n in THROUGHPUT] + [out / "tests.xml", out / "suite.xml"]:
+        old.unlink(missing_ok=True)  # a rerun reports only what it measured
+    shutil.rmtree(work / "essl-run", ignore_errors=True)  # the data and its cache are kept for the next run
     start = time.perf_counter()
     report = {"dry_run": dry, "minutes": a.minutes, "sizes": s, "environment": environment(), "stages": [],
               "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)}

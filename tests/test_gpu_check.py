@@ -45,6 +45,9 @@ def test_dry_run_trains_into_the_report_and_a_stage_past_its_limit_is_stopped(tm
     assert report["train"]["epochs_done"] == 2 and report["train"]["precision"] == "bf16"
     saved = json.loads((out / "report.json").read_text())
     assert saved["train"]["complete"] and "## essl end to end" in (out / "report.md").read_text()
+    (out / "tp-bf16.json").write_text("{}")  # a previous check's result: a rerun does not report it
+    report = gpu_check.main(["--dry-run", "--stages", "install", "--out", str(out)])
+    assert "throughput" not in report or report["throughput"] == {}
 
     slow = gpu_check.run_stage("slow", [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(30)"],
                                2, out)
