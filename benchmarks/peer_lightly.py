@@ -57,6 +57,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from common import best_epoch_rate, commit_label, cpu_name, train_and_eval
+from leanssl import accel
 from leanssl.cli import parse_duration
 from leanssl.data.sources import open_dataset, stratified_subset
 from leanssl.methods.base import DataInfo
@@ -182,11 +183,11 @@ def peer_loader(x: np.ndarray, method: str, info: DataInfo, batch_size: int, wor
 
 
 def peer_step(model: nn.Module, opt: torch.optim.Optimizer, views, device: torch.device, step: int,
-              total_steps: int) -> torch.Tensor:
-    """One optimisation step of the peer on a batch of two views (the loss comes back unsynchronised)."""
+              total_steps: int, precision: str | None = None) -> torch.Tensor:
+    """One optimisation step of the peer on a batch of two views (the loss comes back unsynchronised);
+    `precision` as leanssl's (None: bf16 on CUDA, fp32 on a CPU)."""
     x0, x1 = (v.to(device, non_blocking=True) for v in views)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with autocast:
+    with accel.autocast(device, accel.resolve_precision(precision, device)):
         loss = model.training_step(x0, x1, step, total_steps)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -2,18 +2,19 @@
 
     python benchmarks/throughput.py                          # CPU: 60k x 1x28x28, small_cnn, batch 256
     python benchmarks/throughput.py --device cuda            # GPU: 50k x 3x32x32, resnet18_cifar, batch 512
-    python benchmarks/throughput.py --device cuda --compile  # + torch.compile of the backbones
+    python benchmarks/throughput.py --device cuda --compile  # + torch.compile of the networks (as train --compile)
+    python benchmarks/throughput.py --device cuda --precision fp32  # without bf16 autocast
     python benchmarks/throughput.py --methods essl,simclr --rounds 3 --no-peer
 
 Synthetic uint8 images of the given shape (throughput does not depend on their contents).
 Every number is end to end: batch gather, augmentation, forward, backward, optimizer step and the
 method's after-step update (bank, EMA teacher, queue), after warm-up steps. Ours runs the step
-sequence of leanssl.train's loop on a method built by leanssl.train.build_method; on a GPU with
-bf16 autocast and channels_last, as `leanssl train` does. The one thing left out is `setup`
-(essl's feature calibration, a one-off no-grad pass before epoch 1): a step costs the same
+sequence of leanssl.train's loop on a method built by leanssl.train.build_method, channels_last, at
+`leanssl train`'s precision (bf16 autocast on a GPU, fp32 on a CPU, unless --precision). The one
+thing left out is `setup` (essl's feature calibration, a one-off no-grad pass before epoch 1): a step costs the same
 whatever the bank holds. The peer is lightly's SimCLR as benchmarks/peer_lightly.py runs it
 (per-image torchvision transforms in DataLoader workers, lightly's head and NTXentLoss), on the
-same backbone and batch, given the same autocast and channels_last.
+same backbone and batch, given the same precision and channels_last.
 
 A shared machine drifts, so the measurement is interleaved: each round times every method and the
 peer in turn (short windows; the order reversed every other round), and the table gives the median
@@ -28,8 +29,7 @@ GPU extras: peak memory per method (max allocated over its steps, minus what was
 it was built: the resident data set and the other methods), and MFU: training FLOPs per step
 counted by torch.utils.flop_counter.FlopCounterMode on one eager step (convolutions and matmuls,
 forward and backward; augmentation's elementwise work is not counted) times steps/s, over the
-bf16 matmul peak measured here (fp32 on a CPU). The GPU path has not been run yet (written for the
-device session of issue 7).
+matmul peak measured here at the run's precision. benchmarks/gpu_check.py runs it on a GPU.
 
 Writes benchmarks/results/throughput-<device>.json and prints a markdown table.
 """
@@ -49,6 +49,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import commit_label, cpu_name
+from leanssl import accel
 from leanssl.data.loader import DeviceLoader
 from leanssl.methods import METHODS, get_method
 from leanssl.methods.base import DataInfo
@@ -78,8 +79,8 @@ class Ours:
     """One leanssl method, stepped exactly as leanssl.train's loop steps it."""
 
     def __init__(self, name: str, loader: DeviceLoader, info: DataInfo, backbone: str, batch_size: int,
-                 device: torch.device, seed: int = 0):
-        self.name, self.loader, self.batch_size, self.device = name, loader, batch_size, device
+                 device: torch.device, precision: str, seed: int = 0):
+        self.name, self.loader, self.batch_size, self.device, self.precision = name, loader, batch_size, device, precision
         self.cfg = TrainConfig(method=name, backbone=backbone, batch_size=batch_size, seed=seed)
         torch.manual_seed(seed)
         self.method = build_method(self.cfg, info).to(device, memory_format=torch.channels_last)
@@ -98,13 +99,12 @@ class Ours:
             yield from self.loader.epoch(self.batch_size, seed * 7919 + epoch)
             epoch += 1
 
-    def compile(self) -> None:
-        self.method.backbone.compile()
+    def compile(self, backend: str = "inductor") -> None:
+        accel.compile_networks(self.method, backend)
 
     def run(self, steps: int) -> None:
         """`steps` training steps; the logged values are gathered at the end (the loop syncs every log_every steps)."""
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                    else torch.autocast("cpu", enabled=False))
+        autocast = accel.autocast(self.device, self.precision)
         total = 10 * self.loader.steps_per_epoch(self.batch_size)
         logged = []
         for _ in range(steps):
@@ -134,10 +134,10 @@ class Peer:
     name = PEER
 
     def __init__(self, x: np.ndarray, info: DataInfo, backbone: str, batch_size: int, device: torch.device,
-                 workers: int | None, seed: int = 0):
+                 workers: int | None, precision: str, seed: int = 0):
         import peer_lightly as pl
 
-        self.pl, self.device = pl, device
+        self.pl, self.device, self.precision = pl, device, precision
         torch.manual_seed(seed)
         self.model = pl.prepare(pl.build_peer("simclr", backbone, info), device)
         self.opt = torch.optim.SGD(param_groups(self.model, 5e-4), lr=get_method("simclr").default_lr * batch_size / 256, momentum=0.9)
@@ -147,8 +147,8 @@ class Peer:
         self.step_no = 0
         self.model.train()
 
-    def compile(self) -> None:
-        self.model.backbone.compile()
+    def compile(self, backend: str = "inductor") -> None:
+        accel.compile_networks(self.model, backend)  # as ours: every network of the model
 
     def start(self) -> None:
         self.batches = iter(self.loader)
@@ -164,7 +164,8 @@ class Peer:
             except StopIteration:
                 self.start()
                 views, _ = next(self.batches)
-            losses.append(self.pl.peer_step(self.model, self.opt, views, self.device, self.step_no, 10**6).detach())
+            losses.append(self.pl.peer_step(self.model, self.opt, views, self.device, self.step_no, 10**6,
+                                             self.precision).detach())
             self.step_no += 1
         if losses:
             torch.stack(losses).tolist()
@@ -204,9 +205,10 @@ def flops_per_step(runner, device: torch.device) -> int:
             runner.stop()
 
 
-def matmul_peak(device: torch.device) -> float:
-    """Measured dense matmul FLOP/s: bf16 8192³ on a GPU, fp32 1024³ on a CPU."""
-    n, dtype, reps = (8192, torch.bfloat16, 20) if device.type == "cuda" else (1024, torch.float32, 10)
+def matmul_peak(device: torch.device, precision: str) -> float:
+    """Measured dense matmul FLOP/s at `precision`: 8192³ on a GPU, 1024³ on a CPU."""
+    n, reps = (8192, 20) if device.type == "cuda" else (1024, 10)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
@@ -224,20 +226,21 @@ def matmul_peak(device: torch.device) -> float:
 
 def measure(methods: list[str], x: np.ndarray, info: DataInfo, backbone: str, batch_size: int, device: torch.device,
             rounds: int, steps: int, warmup: int, peer: bool = True, workers: int | None = None,
-            compile: bool = False, log=print) -> dict:
+            compile: bool = False, precision: str | None = None, compile_backend: str = "inductor", log=print) -> dict:
     """Interleaved rounds over every method (and the peer); returns per-runner rates and the derived statistics."""
     loader = DeviceLoader(x, device)
+    precision = accel.resolve_precision(precision, device)
     runners, info_by = [], {}
     for name in methods + ([PEER] if peer else []):
         if device.type == "cuda":
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        r = (Peer(x, info, backbone, batch_size, device, workers) if name == PEER
-             else Ours(name, loader, info, backbone, batch_size, device))
+        r = (Peer(x, info, backbone, batch_size, device, workers, precision) if name == PEER
+             else Ours(name, loader, info, backbone, batch_size, device, precision))
         flops = flops_per_step(r, device)
         if compile:
-            r.compile()
+            r.compile(compile_backend)
         timed(r, 1, warmup, device)  # first use: allocator, compile, worker start
         entry = {"flops_per_step": flops, "gflop_per_image": flops / batch_size / 1e9}
         if device.type == "cuda":
@@ -257,7 +260,7 @@ def measure(methods: list[str], x: np.ndarray, info: DataInfo, backbone: str, ba
         loads.append(os.getloadavg())
         log(f"round {k + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items()) + f"  (load {loads[-1][0]:.1f})")
 
-    peak = matmul_peak(device)
+    peak = matmul_peak(device, precision)
     results = {}
     for name, v in rates.items():
         e = info_by[name] | {"images_per_s": v, "median_images_per_s": statistics.median(v)}
@@ -267,7 +270,7 @@ def measure(methods: list[str], x: np.ndarray, info: DataInfo, backbone: str, ba
             e["ratio_to_peer"] = [a / b for a, b in zip(v, rates[PEER])]
             e["median_ratio_to_peer"] = statistics.median(e["ratio_to_peer"])
         results[name] = e
-    return {"results": results, "matmul_peak_tflop_s": peak / 1e12, "loadavg": loads}
+    return {"results": results, "matmul_peak_tflop_s": peak / 1e12, "loadavg": loads, "precision": precision}
 
 
 def machine(device: torch.device) -> str:
@@ -280,12 +283,13 @@ def table(out: dict) -> str:
     s, res = out["settings"], out["results"]
     cuda = s["device"] == "cuda"
     lines = [f"Training throughput, {s['device']}: {s['images']} synthetic images {'x'.join(map(str, s['shape']))}, "
-             f"{s['backbone']}, batch {s['batch_size']}" + (", bf16 autocast, channels_last" if cuda else ", fp32, channels_last")
+             f"{s['backbone']}, batch {s['batch_size']}, " + ("bf16 autocast" if out["precision"] == "bf16" else "fp32")
+             + ", channels_last"
              + (", torch.compile" if s["compile"] else "") + f"; {s['rounds']} interleaved rounds of {s['steps']} timed steps "
              f"after {s['warmup']} warm-up.",
              f"Machine: {out['machine']}; torch {out['torch']}" + (f", lightly {out['lightly']}" if out.get("lightly") else "")
              + f"; {out['date']}; commit {out['commit']}; load average {out['loadavg'][0][0]:.1f} → {out['loadavg'][-1][0]:.1f}; "
-             f"matmul peak measured {out['matmul_peak_tflop_s']:.3g} TFLOP/s ({'bf16' if cuda else 'fp32'}).",
+             f"matmul peak measured {out['matmul_peak_tflop_s']:.3g} TFLOP/s ({out['precision']}).",
              f"Command: `{out['command']}`", "",
              "| method | images/s (median) | min–max over rounds | ÷ lightly SimCLR (median of per-round ratios) "
              "| GFLOP/image (train) | achieved TFLOP/s | MFU |" + (" peak memory MB |" if cuda else ""),
@@ -302,7 +306,7 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (the profile's defaults follow it)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated leanssl methods (default: all)")
@@ -315,9 +319,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="timed steps per window")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before each window")
     p.add_argument("--workers", type=int, default=None, help="the peer's DataLoader workers")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbones (ours and the peer's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (ours and the peer's)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA, fp32 on a CPU")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (aot_eager: a quick CPU dry run)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput-<device>.json)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parser().parse_args(argv)
 
     device = resolve_device(a.device)
     prof = PROFILES[device.type]
@@ -325,15 +335,18 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"device": device.type, "shape": shape, "images": a.images or prof["images"],
                 "backbone": a.backbone or prof["backbone"], "batch_size": a.batch_size or prof["batch_size"],
                 "rounds": a.rounds or prof["rounds"], "steps": a.steps or prof["steps"],
-                "warmup": a.warmup if a.warmup is not None else prof["warmup"], "compile": a.compile}
+                "warmup": a.warmup if a.warmup is not None else prof["warmup"], "compile": a.compile,
+                "precision": accel.resolve_precision(a.precision, device)}
     methods = [m for m in a.methods.split(",") if m]
     x, info = synthetic(shape, settings["images"])
     out = measure(methods, x, info, settings["backbone"], settings["batch_size"], device, settings["rounds"],
-                  settings["steps"], settings["warmup"], peer=a.peer, workers=a.workers, compile=a.compile)
+                  settings["steps"], settings["warmup"], peer=a.peer, workers=a.workers, compile=a.compile,
+                  precision=settings["precision"], compile_backend=a.compile_backend)
     out |= {"settings": settings, "machine": machine(device), "torch": torch.__version__,
             "lightly": __import__("lightly").__version__ if a.peer else None, "date": time.strftime("%Y-%m-%d %H:%M"),
             "commit": commit_label(), "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    path = Path(a.out) if a.out else ROOT / "results" / f"throughput-{device.type}{'-compile' if a.compile else ''}.json"
+    tag = ("-compile" if a.compile else "") + (f"-{a.precision}" if a.precision else "")
+    path = Path(a.out) if a.out else ROOT / "results" / f"throughput-{device.type}{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(table(out))

@@ -31,16 +31,17 @@ class MemoryBank(nn.Module):
 
         K is drawn uniformly without replacement from the N - B images not in the batch, so an
         image's own row never appears among its negatives. When N <= k + B every row is used.
+        Sizes are known on the host, so no step waits on the device (no nonzero(), no boolean mask):
+        a stable sort on an in-batch flag moves the batch's rows behind the others, in order.
         """
         n, b = self.size, idx.numel()
-        others = torch.ones(n, dtype=torch.bool, device=idx.device)
-        others[idx] = False
-        if n <= k + b:
-            return torch.cat([idx, others.nonzero().squeeze(1)])
-        # A random permutation's first k + b entries hold at least k non-batch rows; keep k of them.
+        in_batch = torch.zeros(n, dtype=torch.uint8, device=idx.device).index_fill_(0, idx, 1)
+        if n <= k + b:  # every other row, ascending
+            return torch.cat([idx, torch.sort(in_batch, stable=True).indices[: n - b]])
+        # A random permutation's first k + b entries hold at least k non-batch rows; keep the first k of them.
         cand = torch.randperm(n, generator=generator, device=idx.device)[: k + b]
-        cand = cand[others[cand]][:k]
-        return torch.cat([idx, cand])
+        keep = torch.sort(in_batch[cand], stable=True).indices[:k]
+        return torch.cat([idx, cand[keep]])
 
     @torch.no_grad()
     def update_ema(self, idx: torch.Tensor, z: torch.Tensor, momentum: float) -> None:

@@ -70,6 +70,10 @@ def _add_train_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU if visible, default), cpu or cuda")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="bf16 autocast (matmuls and convolutions; weights and method state stay fp32) or fp32 "
+                        "(default: bf16 on CUDA, fp32 on a CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (a one-off compile, then faster steps)")
     p.add_argument("--fraction", type=float, default=1.0, help="pretrain on a seeded, class-stratified fraction of the training split")
     p.add_argument("--all-images", action="store_true",
                    help="pretrain on the test split's images too (by default a labelled folder or npz without a "
@@ -141,7 +145,7 @@ def _train_config(a: argparse.Namespace):
         method_args={k: v for k, v in method_args.items() if v is not None},
         strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,
         checkpoint_every=a.checkpoint_every, sync_bn=a.sync_bn, dist_timeout=a.dist_timeout,
-        all_images=a.all_images)
+        all_images=a.all_images, precision=a.precision, compile=a.compile)
 
 
 def parse_duration(text: str) -> float:

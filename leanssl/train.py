@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
-from . import distributed, runfolder
+from . import accel, distributed, runfolder
 from .checks import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Choice, Range, check_finite, check_ranges,
                      checked, first_nonfinite)
 from .data.loader import DeviceLoader
@@ -61,7 +61,7 @@ _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction",
          weight_decay=NON_NEGATIVE, momentum=FRACTION, warmup_epochs=NON_NEGATIVE, seed=NON_NEGATIVE,
          fraction=Range(0, 1, lo_open=True), resolution=Range(1, 4096), log_every=AT_LEAST_1, stop_after=AT_LEAST_1,
          checkpoint_every=AT_LEAST_1, grad_norm_limit=POSITIVE, time_budget=POSITIVE, dist_timeout=POSITIVE,
-         on_nan=Choice(("stop", "skip")), lr_schedule=Choice(("step", "epoch")))
+         on_nan=Choice(("stop", "skip")), lr_schedule=Choice(("step", "epoch")), precision=Choice(("bf16", "fp32")))
 class TrainConfig:
     data: str = "digits"
     method: str = "essl"
@@ -92,6 +92,8 @@ class TrainConfig:
     sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     dist_timeout: float = 300.0      # under torchrun: seconds a collective may wait for another rank before failing
     all_images: bool = False         # pretrain on the test split's images too (nothing of the source held out)
+    precision: str | None = None     # "bf16" or "fp32" (leanssl.accel); None: bf16 on CUDA, fp32 on a CPU
+    compile: bool = False            # torch.compile the method's networks (leanssl.accel.compile_networks)
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch_size / 256
@@ -464,6 +466,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     if ctx is not None and (cfg.batch_size % ctx.world or cfg.batch_size // ctx.world < 2):
         raise LeansslError(f"--batch-size {cfg.batch_size} is the global batch: it must split into {ctx.world} "
                            f"equal shares of at least 2 images, one per process")
+    precision = accel.resolve_precision(cfg.precision, device)
     check_backbone_name(cfg.backbone)
 
     ckpt_path = out / "checkpoint.pt"
@@ -506,6 +509,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     if ctx is not None and cfg.sync_bn:
         method = distributed.convert_sync_batchnorm(method, device)
     method = method.to(device, memory_format=torch.channels_last)
+    if cfg.compile:
+        accel.compile_networks(method)
     opt = torch.optim.SGD(param_groups(method, cfg.weight_decay, cfg.decay_norm_bias), lr=cfg.base_lr(), momentum=cfg.momentum)
     loader = DeviceLoader(x, device) if ctx is None else DeviceLoader(x, device, rank=ctx.rank, world=ctx.world)
     steps_per_epoch = loader.steps_per_epoch(cfg.batch_size)
@@ -541,7 +546,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     epochs_csv = out / "epochs.csv"
     if state is None and main:
         runfolder.write_text(epochs_csv, "epoch,loss,seconds,images_per_s,peak_mem_mb\n")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = accel.autocast(device, precision)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     if cfg.time_budget is not None and elapsed >= cfg.time_budget:
         end_epoch = start_epoch  # a resumed run whose budget is already spent
@@ -618,7 +623,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                     tqdm.write(f"leanssl: step {step}: {why}; batch skipped (--on-nan skip)", file=sys.stderr)
                 if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
                     raise _diverged(f"{skips_in_a_row} batches in a row diverged (the last: {why})", step, epoch, lr,
-                                    device, ckpt_path)
+                                    precision, ckpt_path)
             # read once: a signal arriving later is handled after the next step (under torchrun: the agreed one)
             interrupted = stop.signal is not None if ctx is None else signum != 0
             end_of_epoch = i + 1 == steps_per_epoch
@@ -626,7 +631,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                                              (cfg.checkpoint_every is not None and (step + 1) % cfg.checkpoint_every == 0))
             if (i + 1) % cfg.log_every == 0 or end_of_epoch or save_now:
                 rows = logger.flush()
-                _check_rows(rows, cfg.grad_norm_limit, device, ckpt_path)
+                _check_rows(rows, cfg.grad_norm_limit, precision, ckpt_path)
                 losses += [r[3] for r in rows]
                 if rows:
                     rate = (i + 1 - first) * cfg.batch_size / (time.perf_counter() - t_epoch)
@@ -643,7 +648,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
             break
         if budget_spent:  # the steps logged since the last flush still count
             rows = logger.flush()
-            _check_rows(rows, cfg.grad_norm_limit, device, ckpt_path)
+            _check_rows(rows, cfg.grad_norm_limit, precision, ckpt_path)
             losses += [r[3] for r in rows]
         steps_in_epoch = i if budget_spent else steps_per_epoch
         seconds = seconds_before + time.perf_counter() - t_epoch
@@ -680,6 +685,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                "images_seen": images_seen, "time_budget": cfg.time_budget,
                "images_per_s": (images_seen / elapsed) if elapsed and images_seen else None,
                "peak_mem_mb": max(peak_before, peak_memory_mb(device)), "device": str(device),  # over all invocations
+               "precision": precision, "compiled": cfg.compile,
                "processes": 1 if ctx is None else ctx.world,
                "skipped_images": len(ds.skipped), "skipped_steps": skipped_steps, "interrupted": interrupted_by}
     summary = _json_safe(summary)
@@ -728,19 +734,19 @@ def _divergence(loss: float, grad_norm: float, limit: float | None) -> str | Non
     return None
 
 
-def _diverged(why: str, step: int, epoch: int, lr: float, device: torch.device, ckpt: Path) -> LeansslError:
-    prec = ", or train in fp32 (bf16 autocast is on)" if device.type == "cuda" else ""
+def _diverged(why: str, step: int, epoch: int, lr: float, precision: str, ckpt: Path) -> LeansslError:
+    prec = ", or --precision fp32 (bf16 autocast is on)" if precision == "bf16" else ""
     kept = f"the last good checkpoint ({ckpt}) is intact" if ckpt.exists() else "no checkpoint had been written yet"
     return LeansslError(f"{why} at step {step} (epoch {epoch + 1}, lr {lr:.4g}): the run diverged; "
                         f"try a lower --lr{prec}, or --on-nan skip to skip such batches; {kept}")
 
 
-def _check_rows(rows: list[tuple], limit: float | None, device: torch.device, ckpt: Path) -> None:
+def _check_rows(rows: list[tuple], limit: float | None, precision: str, ckpt: Path) -> None:
     """Stop at the first logged step whose loss or gradient norm diverged (checked once per log flush)."""
     for epoch, step, lr, loss, grad_norm in rows:
         why = _divergence(loss, grad_norm, limit)
         if why is not None:
-            raise _diverged(why, step, epoch, lr, device, ckpt)
+            raise _diverged(why, step, epoch, lr, precision, ckpt)
 
 
 def _save_checkpoint(path: Path, method, opt, cfg: TrainConfig, ctx: distributed.DistContext | None = None,

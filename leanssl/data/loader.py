@@ -27,10 +27,13 @@ class DeviceLoader:
     def __len__(self) -> int:
         return len(self.x)
 
-    def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """uint8 images at dataset indices `idx` (a CPU int64 tensor), on the device."""
+    def gather(self, idx: torch.Tensor, on_device: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 images at dataset indices `idx` (a CPU int64 tensor), on the device.
+
+        `on_device`: the same indices already on the device, used by a resident data set, so a step
+        makes no host->device copy (a blocking one waits for the GPU to finish its queued work)."""
         if self.resident is not None:
-            return self.resident[idx.to(self.device)]
+            return self.resident[on_device if on_device is not None else idx.to(self.device)]
         order = idx.numpy()
         # Sorted reads are sequential on disk; undo the sort after the copy.
         sort = np.argsort(order, kind="stable")
@@ -61,15 +64,16 @@ class DeviceLoader:
         """
         g = torch.Generator().manual_seed(epoch_seed)
         perm = torch.randperm(len(self), generator=g)
+        perm_dev = perm.to(self.device)  # one copy an epoch; each step slices it on the device
         local = batch_size // self.world
         for i in range(start, len(self) // batch_size):
-            batch = perm[i * batch_size:(i + 1) * batch_size]
+            rows = slice(i * batch_size, (i + 1) * batch_size)
+            batch, batch_dev = perm[rows], perm_dev[rows]
             if self.world == 1:
-                idx = batch.to(self.device)
-                yield self.gather(batch), idx, idx
+                yield self.gather(batch, batch_dev), batch_dev, batch_dev
             else:
-                idx = batch[self.rank * local:(self.rank + 1) * local]
-                yield self.gather(idx), idx.to(self.device), batch.to(self.device)
+                mine = slice(self.rank * local, (self.rank + 1) * local)
+                yield self.gather(batch[mine], batch_dev[mine]), batch_dev[mine], batch_dev
 
     def ordered(self, batch_size: int, seed: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every image once, in order (or in a seeded random order), the last partial batch included.
