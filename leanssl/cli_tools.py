@@ -141,7 +141,7 @@ def add_commands(sub) -> None:
                    help="with --format onnx: 8 writes an int8 model (onnxruntime static quantisation, per-channel weights)")
     p.add_argument("--calibration-data", default=None, metavar="SPEC",
                    help="images that calibrate --quantize's activation ranges (default: the run's training data)")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None, help="decoded-data cache for --calibration-data (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("embed", help="embeddings of every image: FILE.npy plus FILE.csv (split, index, label, path)")
