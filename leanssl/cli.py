@@ -190,7 +190,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from .eval.report import format_report
 
     res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
-                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a))
+                   device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a),
+                   resolution=a.resolution)
     if a.json:
         print(json.dumps(res))
         return
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data SPEC with labels (may differ from the pretraining data: transfer)")
     p.add_argument("--protocol", default="knn,linear",
                    help="comma-separated: knn, linear, finetune, fewshot, lowlabel (default knn,linear)")
+    p.add_argument("--resolution", default="run", metavar="{run,native,N}",
+                   help="image side the backbone is evaluated at: the run's training resolution (default), the data's "
+                        "own (native: for a run pretrained at a smaller --resolution or --progressive) or N px")
     p.add_argument("--labels-per-class", type=int, default=None, help="use only K labelled training images per class")
     p.add_argument("--fraction", type=float, default=None,
                    help="use only this seeded, class-stratified fraction of the labelled training images (as train --fraction)")

@@ -72,6 +72,8 @@ class TrainConfig:
     cache_dir: str | None = None
     log_every: int = 10
     stop_after: int | None = None    # stop after this many epochs in this invocation (time slicing, tests)
+    stop_at: float | None = None     # end this invocation after the step during which training passed this many
+                                     # seconds (a checkpoint is written; resume continues): wall-clock slices
     progress: bool = True
     method_args: dict = field(default_factory=dict)  # method config overrides, e.g. {"kl_weight": 0}
     checkpoint_every: int | None = None  # also checkpoint every N steps within an epoch (a kill then loses less)
@@ -424,11 +426,15 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
 
     params = [p for p in method.parameters() if p.requires_grad]
     norm_stats = [b for n, b in method.named_buffers() if "running_" in n or "num_batches" in n]
-    epochs_done, skips_in_a_row = start_epoch, 0
+    epochs_done, skips_in_a_row, paused = start_epoch, 0, False
+    partial = state.get("epoch_seconds", 0.0) if state is not None and state.get("step_in_epoch") else 0.0
+    if cfg.stop_at is not None and state is not None and elapsed + partial >= cfg.stop_at:
+        end_epoch = start_epoch  # this slice's time is already spent (a fresh run takes one step: a checkpoint)
     steps_done = start_epoch * steps_per_epoch + (state.get("step_in_epoch", 0) if state is not None else 0)
     stop.armed = True
     for epoch in range(start_epoch, end_epoch):
         method.train()
+        partial = 0.0  # seconds of an epoch left unfinished (the clock at a mid-epoch stop)
         # All randomness of an epoch derives from (seed, epoch): a resumed run replays it exactly.
         gen = torch.Generator(device).manual_seed(cfg.seed * 100003 + epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -449,10 +455,10 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
             if ctx is not None:  # one clock and one stop signal for every rank (a Gloo all-reduce on the host)
                 now = elapsed + seconds_before + time.perf_counter() - t_epoch
                 signum, spent = ctx.agree(_signum(stop.signal), now)
+            elif cfg.time_budget is not None or cfg.stop_at is not None:
+                spent = elapsed + seconds_before + time.perf_counter() - t_epoch
             if cfg.time_budget is not None:
                 # Schedules follow the time spent: the steps the budget will hold, extrapolated from the rate so far.
-                if ctx is None:
-                    spent = elapsed + seconds_before + time.perf_counter() - t_epoch
                 if spent >= cfg.time_budget:
                     budget_spent = True
                     break
@@ -494,8 +500,9 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                                     device, ckpt_path)
             # read once: a signal arriving later is handled after the next step (under torchrun: the agreed one)
             interrupted = stop.signal is not None if ctx is None else signum != 0
+            paused = paused or (cfg.stop_at is not None and spent >= cfg.stop_at)  # the clock at this step's start
             end_of_epoch = i + 1 == steps_per_epoch
-            save_now = not end_of_epoch and (interrupted or
+            save_now = not end_of_epoch and (interrupted or paused or
                                              (cfg.checkpoint_every is not None and (step + 1) % cfg.checkpoint_every == 0))
             if (i + 1) % cfg.log_every == 0 or end_of_epoch or save_now:
                 rows = logger.flush()
@@ -509,10 +516,11 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                                  elapsed=elapsed, skipped_steps=skipped_steps, gen_state=gen.get_state(),
                                  np_rng_state=rng.bit_generator.state, epoch_losses=losses, images_seen=images_seen,
                                  rate_from=rate_from, peak_mem_mb=max(peak_before, peak_memory_mb(device)),
-                                 epoch_seconds=seconds_before + time.perf_counter() - t_epoch)
-            if interrupted:
+                                 epoch_seconds=(saved_at := seconds_before + time.perf_counter() - t_epoch))
+            if interrupted or paused:
                 break
-        if interrupted and i + 1 < steps_per_epoch:  # mid-epoch, after its checkpoint
+        if (interrupted or paused) and i + 1 < steps_per_epoch:  # mid-epoch, after its checkpoint
+            partial = saved_at  # the clock as the checkpoint has it (a resumed slice starts from there)
             break
         if budget_spent:  # the steps logged since the last flush still count
             rows = logger.flush()
@@ -536,7 +544,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                          elapsed=elapsed, skipped_steps=skipped_steps, images_seen=images_seen, rate_from=rate_from,
                          peak_mem_mb=max(peak_before, peak_memory_mb(device)))
         epochs_done = epoch + 1
-        if (stop.signal is not None if ctx is None else signum != 0) or budget_spent:
+        if (stop.signal is not None if ctx is None else signum != 0) or budget_spent or paused:
             break
     stop.armed = False
 
@@ -547,7 +555,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     summary = {"method": cfg.method, "backbone": cfg.backbone, "data": cfg.data, "fraction": cfg.fraction,
                "train_images": len(x), "epochs_done": epochs_done, "steps_done": steps_done, "epochs": cfg.epochs,
                "complete": done,
-               "final_loss": last_loss, "train_seconds": elapsed,
+               "final_loss": last_loss, "train_seconds": elapsed + partial,  # + a stopped epoch's part
                "images_seen": images_seen, "time_budget": cfg.time_budget,
                "images_per_s": (images_seen / elapsed) if elapsed and images_seen else None,
                "peak_mem_mb": max(peak_before, peak_memory_mb(device)), "device": str(device),  # over all invocations
