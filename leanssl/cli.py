@@ -47,7 +47,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--fraction", type=float, default=1.0, help="pretrain on a seeded, class-stratified fraction of the training split")
-    p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the source's)")
+    p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the source's); "
+                   "below the source's, evaluate with `leanssl eval --resolution native`")
+    p.add_argument("--progressive", type=int, default=None, metavar="PX",
+                   help="progressive resolution: views at PX px for the first part of the run, then full size")
+    p.add_argument("--progressive-fraction", type=float, default=0.75, metavar="F",
+                   help="the part of the run (steps; with --budget, time) at the --progressive size (default 0.75)")
     p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after N epochs in this invocation (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -85,7 +90,8 @@ def _train_config(a: argparse.Namespace):
         data=a.data, method=a.method, backbone=a.backbone, batch_size=a.batch_size, lr=a.lr,
         epochs=a.epochs if a.epochs is not None else (100 if a.budget is None else 10_000), time_budget=a.budget,
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, seed=a.seed, device=a.device,
-        fraction=a.fraction, resolution=a.resolution, out=a.out or f"runs/{data_name}-{a.method}-{a.backbone}",
+        fraction=a.fraction, resolution=a.resolution, progressive=a.progressive,
+        progressive_fraction=a.progressive_fraction, out=a.out or f"runs/{data_name}-{a.method}-{a.backbone}",
         cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
         method_args={k: v for k, v in method_args.items() if v is not None},
         strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,

@@ -50,7 +50,8 @@ from .models.backbones import build_backbone, check_backbone_name
 MAX_SKIPS_IN_A_ROW = 20
 
 # Fields that must match for --resume to continue the same run.
-_RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args")
+_RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args",
+                 "progressive", "progressive_fraction")
 
 
 @dataclass
@@ -68,6 +69,8 @@ class TrainConfig:
     device: str = "auto"
     fraction: float = 1.0
     resolution: int | None = None    # None: the source's native resolution
+    progressive: int | None = None   # views at this many px for the first part of the run, then at `resolution`
+    progressive_fraction: float = 0.75  # that part: of the steps, or under a time budget of the time
     out: str = "runs/run"
     cache_dir: str | None = None
     log_every: int = 10
@@ -346,6 +349,8 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
         raise LeansslError(f"--grad-norm-limit must be positive, got {cfg.grad_norm_limit}")
     if cfg.time_budget is not None and not cfg.time_budget > 0:
         raise LeansslError(f"--budget must be a positive time, got {cfg.time_budget} s")
+    if not 0 < cfg.progressive_fraction <= 1:
+        raise LeansslError(f"--progressive-fraction must be in (0, 1], got {cfg.progressive_fraction}")
     get_method(cfg.method)  # fail on a bad name before any data is decoded
     check_backbone_name(cfg.backbone)
 
@@ -374,6 +379,9 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     if len(x) < cfg.batch_size:
         raise LeansslError(f"only {len(x)} training images but --batch-size {cfg.batch_size}: lower the batch size")
     info = DataInfo(len(x), ds.channels, ds.resolution, tuple(ds.mean), tuple(ds.std))
+    if cfg.progressive is not None and not 1 <= cfg.progressive < ds.resolution:
+        raise LeansslError(f"--progressive {cfg.progressive}: the first part's views must be smaller than the "
+                           f"data's {ds.resolution} px (and at least 1)")
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -405,6 +413,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
             _truncate_csv(out / "epochs.csv", lambda r: int(r["epoch"]) <= start_epoch)
     else:
         t0 = time.perf_counter()
+        method.set_view_size(cfg.progressive)  # the calibration pass sees what the first steps see
         method.setup(loader, cfg.batch_size)  # under torchrun: each rank calibrates its share, banks all-gathered
         elapsed = time.perf_counter() - t0
     signum = 0  # under torchrun: a signal some rank received, once the ranks have agreed on it
@@ -463,7 +472,10 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                     budget_spent = True
                     break
                 rate_from = rate_from or (step, spent)
-                total_steps = _steps_in_budget(step, spent, rate_from, cfg.time_budget, steps_per_epoch * cfg.epochs)
+                if cfg.progressive is not None and spent >= cfg.progressive_fraction * cfg.time_budget > rate_from[1]:
+                    rate_from = (step, spent)  # full-size views: the steps left are measured at their own rate
+                if step - rate_from[0] >= 5:  # else keep the estimate (the cap before any rate was measured)
+                    total_steps = _steps_in_budget(step, spent, rate_from, cfg.time_budget, steps_per_epoch * cfg.epochs)
                 warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps // 10)
             steps_done = step + 1
             lr = lr_at(step, total_steps, warmup, cfg.base_lr())
@@ -471,6 +483,10 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                 g["lr"] = lr
             saved_stats = [b.clone() for b in norm_stats] if cfg.on_nan == "skip" else None
             method.set_progress(step, total_steps, steps_per_epoch)
+            if cfg.progressive is not None:
+                small = (spent / cfg.time_budget if cfg.time_budget is not None else step / total_steps) \
+                    < cfg.progressive_fraction
+                method.set_view_size(cfg.progressive if small else None)
             with autocast:
                 if model is None:
                     loss, logs = method.training_step(xb, idx, gen, rng)
