@@ -8,7 +8,8 @@
 An arm is `NAME[:KEY=VALUE...]`: NAME a leanssl method (essl, simclr, byol, mocov2, ...) or lightly's
 `lightly-simclr` / `lightly-byol` (benchmarks/peer_lightly.py); KEY a `leanssl train` setting
 (TrainConfig field: resolution, lr, batch_size, progressive, ...) or a method config field (tau, dim, ...).
-`essl:resolution=20` pretrains on images decoded at 20 px; every arm is evaluated at the data's own size.
+`essl:resolution=20` pretrains on images decoded at 20 px (and is scored on 20-px images unless
+`--eval-resolution native`); `essl:progressive=20` trains on 20-px views first, full size for the rest.
 
 How it measures:
 - Each arm is one run of `--budget` training seconds (its lr schedule follows that budget). The budget is
@@ -16,7 +17,7 @@ How it measures:
   continuing from its checkpoint (`TrainConfig.stop_at`), in an order reversed every round, so machine
   noise falls on all of them alike. The 1-minute load average before and after every slice is kept.
 - After every slice the arm's checkpoint is scored by kNN (k=200, T=0.1) on the test split against the
-  labelled training split, at the data's native resolution; evaluation is outside the training clock
+  labelled training split, decoded at the arm's resolution; evaluation is outside the training clock
   (the clock is the training loop's, including essl's calibration pass, excluding data decoding).
   A linear probe scores each arm's finished backbone.
 - Raw-pixel kNN (the floor) is computed once. Time to a target = the training clock of the first slice
@@ -113,13 +114,15 @@ def slice_ends(points: list[float], budget: float, slice_len: float | None) -> l
 
 
 class Scorer:
-    """The labelled splits at the data's native resolution, the raw-pixel floor, kNN and the probe."""
+    """The labelled splits (decoded at each resolution asked for), the raw-pixel floor, kNN and the probe."""
 
-    def __init__(self, data: str, cache_dir, device, eval_train: int | None, eval_test: int | None, seed: int):
+    def __init__(self, data: str, cache_dir, device, eval_train: int | None, eval_test: int | None, seed: int,
+                 at: str = "run"):
         ds = open_dataset(data, None, cache_dir, progress=False)
         if ds.train is None or ds.test is None or ds.train.y is None or ds.test.y is None:
             raise LeansslError(f"time to accuracy needs labelled train and test splits, and '{data}' has none")
-        self.ds, self.device = ds, device
+        self.ds, self.device, self.data, self.cache_dir, self.at = ds, device, data, cache_dir, at
+        self.by_size = {ds.resolution: ds}
         self.tr, self.te = (_subset(s.y, n, seed) for s, n in ((ds.train, eval_train), (ds.test, eval_test)))
         self.ytr = torch.from_numpy(np.asarray(ds.train.y[self.tr], dtype=np.int64)).to(device)
         self.yte = torch.from_numpy(np.asarray(ds.test.y[self.te], dtype=np.int64)).to(device)
@@ -130,9 +133,13 @@ class Scorer:
 
         net, _, info = load_backbone(run)  # the checkpoint's backbone mid-run, the final export at the end
         net = net.to(self.device, memory_format=torch.channels_last)
-        args = (info["mean"], info["std"], info["channels"], self.ds.resolution, self.device)
+        size = info["resolution"] if self.at == "run" else self.ds.resolution
+        if size not in self.by_size:  # the same images in the same order, decoded at the run's size
+            self.by_size[size] = open_dataset(self.data, size, self.cache_dir, progress=False)
+        ds = self.by_size[size]
+        args = (info["mean"], info["std"], info["channels"], size, self.device)
         return tuple(extract_features(net, x, *args, progress=False).to(self.device)
-                     for x in (self.ds.train.x[self.tr], self.ds.test.x[self.te]))
+                     for x in (ds.train.x[self.tr], ds.test.x[self.te]))
 
     def knn(self, ftr, fte) -> float:
         return knn_top1(ftr, self.ytr, fte, self.yte, self.classes)
@@ -201,10 +208,10 @@ def run(a: Namespace) -> dict:
     ends = slice_ends(a.points, a.budget, a.slice)
     device = resolve_device(a.device)
     identity = {k: getattr(a, k) for k in ("data", "fraction", "backbone", "batch_size", "seed", "budget",
-                                            "warmup_epochs", "eval_train", "eval_test")} | {"slice_ends": ends}
+                                            "warmup_epochs", "eval_train", "eval_test", "eval_resolution")} | {"slice_ends": ends}
     state_path = out / "state.json"
     state = load_state(state_path, identity)
-    scorer = Scorer(a.data, a.cache_dir, device, a.eval_train, a.eval_test, a.seed)
+    scorer = Scorer(a.data, a.cache_dir, device, a.eval_train, a.eval_test, a.seed, a.eval_resolution)
     if "raw_pixels_knn" not in state:
         state["raw_pixels_knn"] = scorer.knn(*scorer.pixels())
         write_json(state_path, state)
@@ -265,7 +272,7 @@ def summarise(state: dict, arms: list[Arm], a: Namespace) -> dict:
                           "load_max": float(max(loads)) if loads else None}
     return {"data": a.data, "fraction": a.fraction, "backbone": a.backbone, "batch_size": a.batch_size, "seed": a.seed,
             "budget_s": a.budget, "points_s": a.points, "raw_pixels_knn": state["raw_pixels_knn"], "targets": targets,
-            "eval_train": a.eval_train, "eval_test": a.eval_test, "arms": rows, "command": a.command,
+            "eval_train": a.eval_train, "eval_test": a.eval_test, "eval_resolution": a.eval_resolution, "arms": rows, "command": a.command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
                        f"torch {torch.__version__}",
             "commit": commit_label(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
@@ -286,7 +293,7 @@ def report(res: dict, out: Path) -> str:
              f"- Command: `{res['command']}`",
              f"- Backbone {res['backbone']}, batch {res['batch_size']}, seed {res['seed']}; every arm one run of a "
              f"{_duration(res['budget_s'])} budget (its schedule anneals over the whole budget), trained in turns; "
-             f"kNN (k=200, T=0.1) at the data's native resolution on "
+             f"kNN (k=200, T=0.1) at the {res['eval_resolution']} resolution on "
              f"{res['eval_test'] or 'all'} test / {res['eval_train'] or 'all'} training images, evaluation off the clock.",
              f"- Raw-pixel kNN: {_pct(res['raw_pixels_knn'])}.", "",
              "| arm | " + " | ".join(f"kNN @ {p}" for p in pts) + " | final kNN | final linear | images/s "
@@ -350,6 +357,9 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--eval-train", type=int, default=None, help="labelled training images kNN votes from (default all)")
     p.add_argument("--eval-test", type=int, default=None, help="test images scored (default all)")
+    p.add_argument("--eval-resolution", choices=("run", "native"), default="run",
+                   help="the test and training images an arm is scored on: decoded at its run's resolution (default; "
+                        "at equal epochs a 20-px run scored better at 20 px than at 28) or at the data's own")
     p.add_argument("--linear-c-values", type=int, default=12, help="C values the final linear probe chooses from")
     p.add_argument("--out", default=None, help="default benchmarks/runs/tta-<data>-f<fraction>-b<budget>")
     p.add_argument("--tiny", action="store_true",

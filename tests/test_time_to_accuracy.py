@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import time_to_accuracy as tta  # noqa: E402
@@ -27,7 +28,7 @@ def _knn_by_hand(xtr, ytr, xte, k=200, t=0.1) -> np.ndarray:
     return votes.argmax(1)
 
 
-def test_time_to_accuracy_round_robin_resumes_and_scores_at_native_size(tiny_npz, tmp_path, monkeypatch):
+def test_time_to_accuracy_round_robin_resumes_and_scores_each_arm(tiny_npz, tmp_path, monkeypatch):
     data, out = f"npz:{tiny_npz}", tmp_path / "tta"
     argv = ["--data", data, "--tiny", "--budget", "2s", "--slice", "1s", "--points", "1s,2s", "--device", "cpu",
             "--arms", "essl,essl:resolution=8:tau=0.3,lightly-simclr:workers=0", "--cache-dir", str(tmp_path / "c"),
@@ -49,10 +50,14 @@ def test_time_to_accuracy_round_robin_resumes_and_scores_at_native_size(tiny_npz
     small = out / "arms" / "essl_resolution_8_tau_0.3" / "run"
     assert json.loads((small / "data.json").read_text())["resolution"] == 8
     assert json.loads((small / "config.json").read_text())["method_args"] == {"tau": 0.3}
-    # The small-resolution arm is scored at the data's 12 px, as `leanssl eval --resolution native` scores it.
+    # The small-resolution arm is scored at its 8 px, as `leanssl eval` scores it.
+    ev = evaluate(small, data, ["knn"], baselines=False, device="cpu", cache_dir=str(tmp_path / "c"), progress=False,
+                  report=False)
+    assert res["arms"]["essl:resolution=8:tau=0.3"]["final"]["knn_top1"] == pytest.approx(ev["knn_top1"], abs=1e-6)
+    native = tta.Scorer(data, str(tmp_path / "c"), torch.device("cpu"), None, None, 0, at="native")
     ev = evaluate(small, data, ["knn"], baselines=False, device="cpu", cache_dir=str(tmp_path / "c"), progress=False,
                   report=False, resolution="native")
-    assert res["arms"]["essl:resolution=8:tau=0.3"]["final"]["knn_top1"] == pytest.approx(ev["knn_top1"], abs=1e-6)
+    assert native.knn(*native.features(small)) == pytest.approx(ev["knn_top1"], abs=1e-6) and ev["resolution"] == 12
     # The raw-pixel floor against an independent NumPy kNN on the centred pixels.
     ds = open_dataset(data, None, str(tmp_path / "c"), progress=False)
     xtr = ds.train.x.reshape(len(ds.train.x), -1) / 255.0
@@ -66,6 +71,7 @@ def test_time_to_accuracy_round_robin_resumes_and_scores_at_native_size(tiny_npz
     assert tta.main(argv) == 0 and calls == []  # rerunning the same command continues: nothing left to do
     assert tta.main([*argv[:4], "3s", *argv[5:]]) == 2  # another budget in the same folder is refused
     assert tta.main([*argv, "--batch-size", "16"]) == 2
+    assert tta.main([*argv, "--eval-resolution", "native"]) == 2  # scored otherwise: another benchmark
 
 
 def test_arm_and_points_parsing():
