@@ -32,6 +32,8 @@ The run folder holds what `leanssl eval` reads: config.json (a leanssl TrainConf
 images_per_s, peak_mem_mb: on CPU the main process's peak RSS, DataLoader workers not counted)
 and epochs.csv. `--budget` stops the loop when the time is spent, with the cosine schedule over
 the steps the budget is estimated to hold (the same estimate as `leanssl train --budget`).
+`--stop-at TIME` ends an invocation at that training clock with checkpoint.pt, `--resume` continues it
+(benchmarks/time_to_accuracy.py trains arms in turns this way).
 
 `compare` trains ours and lightly's in turn (each in its own process), evaluates every run with
 `leanssl eval --json`, and prints a markdown table; results are kept in
