@@ -32,6 +32,8 @@ The run folder holds what `leanssl eval` reads: config.json (a leanssl TrainConf
 images_per_s, peak_mem_mb: on CPU the main process's peak RSS, DataLoader workers not counted)
 and epochs.csv. `--budget` stops the loop when the time is spent, with the cosine schedule over
 the steps the budget is estimated to hold (the same estimate as `leanssl train --budget`).
+`--stop-at TIME` ends an invocation at that training clock with checkpoint.pt, `--resume` continues it
+(benchmarks/time_to_accuracy.py trains arms in turns this way).
 
 `compare` trains ours and lightly's in turn (each in its own process), evaluates every run with
 `leanssl eval --json`, and prints a markdown table; results are kept in
@@ -63,7 +65,8 @@ from leanssl.data.sources import open_dataset, stratified_subset
 from leanssl.methods.base import DataInfo
 from leanssl.methods.common import SMALL_IMAGES
 from leanssl.models.backbones import build_backbone
-from leanssl.train import TrainConfig, _steps_in_budget, lr_at, param_groups, peak_memory_mb, resolve_device
+from leanssl.train import (TrainConfig, _steps_in_budget, atomic_save, load_checkpoint, lr_at, param_groups, peak_memory_mb,
+                           resolve_device)
 
 ROOT = Path(__file__).resolve().parent
 PEER_METHODS = ("simclr", "byol")
@@ -175,10 +178,12 @@ def default_workers(device: torch.device) -> int:
 
 
 def peer_loader(x: np.ndarray, method: str, info: DataInfo, batch_size: int, workers: int, device: torch.device,
-                seed: int) -> torch.utils.data.DataLoader:
-    """The peer's input pipeline: shuffled, last partial batch dropped (as ours), per-image transforms in workers."""
+                seed: int, order: torch.Tensor | None = None) -> torch.utils.data.DataLoader:
+    """The peer's input pipeline: shuffled (or in the given `order` of indices), last partial batch dropped
+    (as ours), per-image transforms in workers."""
     return torch.utils.data.DataLoader(
-        ImageArray(x, peer_transform(method, info)), batch_size=batch_size, shuffle=True, drop_last=True,
+        ImageArray(x, peer_transform(method, info)), batch_size=batch_size, shuffle=order is None, drop_last=True,
+        sampler=None if order is None else order.tolist(),
         num_workers=workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
 
 
@@ -203,6 +208,9 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
 # -- `train`: one peer run into a run folder `leanssl eval` reads ---------------------------------
 
 def train_peer(a: argparse.Namespace) -> dict:
+    """One peer run; `a.stop_at` (seconds) ends this invocation after the step during which the training
+    clock passed it, with checkpoint.pt (`leanssl eval` reads its backbone), and `a.resume` continues from
+    there: the same image order (one seeded permutation per epoch), not the same per-image augmentations."""
     device = resolve_device(a.device)
     torch.manual_seed(a.seed)
     cfg = TrainConfig(data=a.data, method=a.method, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size,
@@ -216,56 +224,88 @@ def train_peer(a: argparse.Namespace) -> dict:
     info = DataInfo(len(x), ds.channels, ds.resolution, tuple(ds.mean), tuple(ds.std))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    saved = asdict(cfg) | {"method": f"lightly-{a.method}", "lr": base_lr, "resolution": ds.resolution}
-    (out / "config.json").write_text(json.dumps(saved, indent=2))
-    (out / "data.json").write_text(json.dumps(asdict(info), indent=2))
+    ckpt_path = out / "checkpoint.pt"
+    resume = getattr(a, "resume", False) and ckpt_path.is_file()
+    stop_at = getattr(a, "stop_at", None)
+    if not resume:
+        saved = asdict(cfg) | {"method": f"lightly-{a.method}", "lr": base_lr, "resolution": ds.resolution}
+        (out / "config.json").write_text(json.dumps(saved, indent=2))
+        (out / "data.json").write_text(json.dumps(asdict(info), indent=2))
+        (out / "epochs.csv").write_text("epoch,loss,seconds,images_per_s,peak_mem_mb\n")
 
     model = prepare(build_peer(a.method, a.backbone, info), device)
     opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=base_lr, momentum=cfg.momentum)
     workers = a.workers if a.workers is not None else default_workers(device)
-    loader = peer_loader(x, a.method, info, a.batch_size, workers, device, a.seed)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(x) // a.batch_size
     cap = total_steps = steps_per_epoch * a.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    (out / "epochs.csv").write_text("epoch,loss,seconds,images_per_s,peak_mem_mb\n")
+    p = dict(epoch=0, step_in_epoch=0, step=0, elapsed=0.0, epoch_seconds=0.0, images_seen=0, rate_from=None,
+             epochs_done=0, last_loss=float("nan"))  # where the run is: what the checkpoint holds
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        p.update({k: state[k] for k in p})
+        p["rate_from"] = tuple(p["rate_from"]) if p["rate_from"] else None
 
-    elapsed, images_seen, step, rate_from, epochs_done, last_loss = 0.0, 0, 0, None, 0, float("nan")
-    budget_spent = False
+    def save() -> None:
+        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), **p}, ckpt_path)
+
+    budget_spent = a.budget is not None and p["elapsed"] >= a.budget
+    paused = not budget_spent and resume and stop_at is not None and p["elapsed"] + p["epoch_seconds"] >= stop_at
     model.train()
-    for epoch in range(a.epochs):
-        t_epoch, losses, steps_in_epoch = time.perf_counter(), [], 0
-        for views, _ in loader:
+    while p["epoch"] < a.epochs and not (budget_spent or paused):
+        t_epoch, losses, first = time.perf_counter(), [], p["step_in_epoch"]
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(a.seed * 1009 + p["epoch"]))
+        for views, _ in peer_loader(x, a.method, info, a.batch_size, workers, device, a.seed + p["epoch"],
+                                    order[first * a.batch_size:]):
+            spent = p["elapsed"] + p["epoch_seconds"] + time.perf_counter() - t_epoch
             if a.budget is not None:  # as leanssl.train: the schedule follows the steps the budget will hold
-                spent = elapsed + time.perf_counter() - t_epoch
                 if spent >= a.budget:
                     budget_spent = True
                     break
-                rate_from = rate_from or (step, spent)
-                total_steps = _steps_in_budget(step, spent, rate_from, a.budget, cap)
+                p["rate_from"] = p["rate_from"] or (p["step"], spent)
+                total_steps = _steps_in_budget(p["step"], spent, p["rate_from"], a.budget, cap)
                 warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps // 10)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total_steps, warmup, base_lr)
-            loss = peer_step(model, opt, views, device, step, total_steps)
-            losses.append(loss.detach())
-            step, steps_in_epoch = step + 1, steps_in_epoch + 1
+                g["lr"] = lr_at(p["step"], total_steps, warmup, base_lr)
+            losses.append(peer_step(model, opt, views, device, p["step"], total_steps).detach())
+            p["step"], p["step_in_epoch"] = p["step"] + 1, p["step_in_epoch"] + 1
+            p["images_seen"] += a.batch_size
+            if stop_at is not None and spent >= stop_at and p["step_in_epoch"] < steps_per_epoch:
+                paused = True
+                break
         seconds = time.perf_counter() - t_epoch
-        elapsed += seconds
-        images_seen += steps_in_epoch * a.batch_size
-        last_loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
+        if paused:  # mid-epoch: the clock and the position go into the checkpoint
+            p["epoch_seconds"] += seconds
+            break
+        seconds += p["epoch_seconds"]
+        p["elapsed"] += seconds
+        steps_in_epoch = p["step_in_epoch"] - first
+        p["last_loss"] = float(torch.stack(losses).float().mean()) if losses else float("nan")
         rate = steps_in_epoch * a.batch_size / max(seconds, 1e-9)
         with open(out / "epochs.csv", "a") as f:
-            f.write(f"{epoch + 1},{last_loss:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
-        print(f"lightly-{a.method} epoch {epoch + 1}: loss {last_loss:.4f}  {rate:.0f} img/s  {seconds:.1f}s", flush=True)
-        if steps_in_epoch:
-            epochs_done = epoch + 1
-        if budget_spent or (a.budget is not None and elapsed >= a.budget):
-            break
+            f.write(f"{p['epoch'] + 1},{p['last_loss']:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
+        print(f"lightly-{a.method} epoch {p['epoch'] + 1}: loss {p['last_loss']:.4f}  {rate:.0f} img/s  {seconds:.1f}s",
+              flush=True)
+        if p["step_in_epoch"]:
+            p["epochs_done"] = p["epoch"] + 1
+        p.update(epoch=p["epoch"] + 1, step_in_epoch=0, epoch_seconds=0.0)
+        if budget_spent or (a.budget is not None and p["elapsed"] >= a.budget):
+            budget_spent = True
+        elif stop_at is not None and p["elapsed"] >= stop_at:
+            paused = True
 
-    save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(out / "backbone.safetensors"))
+    complete = not paused
+    save()
+    if complete:
+        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(out / "backbone.safetensors"))
+    clock = p["elapsed"] + p["epoch_seconds"]
     summary = {"method": f"lightly-{a.method}", "backbone": a.backbone, "data": a.data, "fraction": a.fraction,
-               "train_images": len(x), "epochs_done": epochs_done, "steps_done": step, "epochs": a.epochs,
-               "complete": True, "final_loss": last_loss, "train_seconds": elapsed, "images_seen": images_seen,
-               "time_budget": a.budget, "images_per_s": images_seen / elapsed if elapsed else None,
+               "train_images": len(x), "epochs_done": p["epochs_done"], "steps_done": p["step"], "epochs": a.epochs,
+               "complete": complete, "final_loss": p["last_loss"], "train_seconds": clock,
+               "images_seen": p["images_seen"], "time_budget": a.budget,
+               "images_per_s": p["images_seen"] / clock if clock else None,
                "peak_mem_mb": peak_memory_mb(device), "device": str(device), "workers": workers,
                "torch_threads": torch.get_num_threads()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -383,6 +423,9 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument("--method", choices=PEER_METHODS, required=True)
             s.add_argument("--out", required=True)
             s.add_argument("--lr", type=float, default=None, help="default: our method's default_lr x batch/256")
+            s.add_argument("--stop-at", type=parse_duration, default=None, metavar="TIME",
+                           help="end this invocation once training has run this long (checkpoint.pt; --resume continues)")
+            s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
         else:
             s.add_argument("--methods", default="simclr,byol,essl", help="ours for each; lightly's for simclr and byol")
             s.add_argument("--work", default=str(ROOT / "runs"), help="where the run folders go")

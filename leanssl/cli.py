@@ -78,7 +78,12 @@ def _add_train_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     p.add_argument("--all-images", action="store_true",
                    help="pretrain on the test split's images too (by default a labelled folder or npz without a "
                         "test split keeps 20%% of each class back as one, for eval)")
-    p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the source's)")
+    p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the source's); "
+                   "below the source's, evaluate with `leanssl eval --resolution native`")
+    p.add_argument("--progressive", type=int, default=None, metavar="PX",
+                   help="progressive resolution: views at PX px for the first part of the run, then full size")
+    p.add_argument("--progressive-fraction", type=float, default=0.75, metavar="F",
+                   help="the part of the run (steps; with --budget, time) at the --progressive size (default 0.75)")
     p.add_argument("--cache-dir", default=None, help="decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after N epochs in this invocation (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -140,7 +145,8 @@ def _train_config(a: argparse.Namespace):
         epochs=a.epochs if a.epochs is not None else (100 if a.budget is None else 10_000), time_budget=a.budget,
         weight_decay=a.weight_decay, decay_norm_bias=a.decay_norm_bias, warmup_epochs=a.warmup_epochs,
         lr_schedule=a.lr_schedule, seed=a.seed, device=a.device,
-        fraction=a.fraction, resolution=a.resolution, out=a.out or f"runs/{data_name}-{a.method}-{a.backbone}",
+        fraction=a.fraction, resolution=a.resolution, progressive=a.progressive,
+        progressive_fraction=a.progressive_fraction, out=a.out or f"runs/{data_name}-{a.method}-{a.backbone}",
         cache_dir=a.cache_dir, stop_after=a.stop_after, progress=not a.no_progress,
         method_args={k: v for k, v in method_args.items() if v is not None},
         strict_images=a.strict_images, on_nan=a.on_nan, grad_norm_limit=a.grad_norm_limit,
@@ -259,7 +265,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
                    device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a),
-                   quantize=parse_bits(a.quantize) if a.quantize else ())
+                   quantize=parse_bits(a.quantize) if a.quantize else (), resolution=a.resolution)
     from .eval.report import incomplete_note
 
     if incomplete_note(res):
@@ -302,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data SPEC with labels (may differ from the pretraining data: transfer)")
     p.add_argument("--protocol", default="knn,linear",
                    help="comma-separated: knn, linear, finetune, fewshot, lowlabel (default knn,linear)")
+    p.add_argument("--resolution", default="run", metavar="{run,native,N}",
+                   help="image side the backbone is evaluated at: the run's training resolution (default), the data's "
+                        "own (native: for a run pretrained at a smaller --resolution or --progressive) or N px")
     p.add_argument("--labels-per-class", type=int, default=None, help="use only K labelled training images per class")
     p.add_argument("--fraction", type=float, default=None,
                    help="use only this seeded, class-stratified fraction of the labelled training images (as train --fraction)")

@@ -53,7 +53,7 @@ MAX_SKIPS_IN_A_ROW = 20
 
 # Fields that must match for --resume to continue the same run.
 _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args",
-                 "all_images")
+                 "all_images", "progressive", "progressive_fraction")
 
 
 @dataclass
@@ -61,7 +61,8 @@ _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction",
          weight_decay=NON_NEGATIVE, momentum=FRACTION, warmup_epochs=NON_NEGATIVE, seed=NON_NEGATIVE,
          fraction=Range(0, 1, lo_open=True), resolution=Range(1, 4096), log_every=AT_LEAST_1, stop_after=AT_LEAST_1,
          checkpoint_every=AT_LEAST_1, grad_norm_limit=POSITIVE, time_budget=POSITIVE, dist_timeout=POSITIVE,
-         on_nan=Choice(("stop", "skip")), lr_schedule=Choice(("step", "epoch")), precision=Choice(("bf16", "fp32")))
+         on_nan=Choice(("stop", "skip")), lr_schedule=Choice(("step", "epoch")), precision=Choice(("bf16", "fp32")),
+         progressive=AT_LEAST_1, progressive_fraction=Range(0, 1, lo_open=True), stop_at=POSITIVE)
 class TrainConfig:
     data: str = "digits"
     method: str = "essl"
@@ -78,10 +79,14 @@ class TrainConfig:
     device: str = "auto"
     fraction: float = 1.0
     resolution: int | None = None    # None: the source's native resolution
+    progressive: int | None = None   # views at this many px for the first part of the run, then at `resolution`
+    progressive_fraction: float = 0.75  # that part: of the steps, or under a time budget of the time
     out: str = "runs/run"
     cache_dir: str | None = None
     log_every: int = 10
     stop_after: int | None = None    # stop after this many epochs in this invocation (time slicing, tests)
+    stop_at: float | None = None     # end this invocation after the step during which training passed this many
+                                     # seconds (a checkpoint is written; resume continues): wall-clock slices
     progress: bool = True
     method_args: dict = field(default_factory=dict)  # method config overrides, e.g. {"kl_weight": 0}
     checkpoint_every: int | None = None  # also checkpoint every N steps within an epoch (a kill then loses less)
@@ -500,6 +505,9 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
         raise LeansslError(f"--resume: this run was started with different batch_size "
                            f"(batch_size={state['config']['batch_size']})")
     info = DataInfo(len(x), ds.channels, ds.resolution, tuple(ds.mean), tuple(ds.std))
+    if cfg.progressive is not None and not 1 <= cfg.progressive < ds.resolution:
+        raise LeansslError(f"--progressive {cfg.progressive}: the first part's views must be smaller than the "
+                           f"data's {ds.resolution} px (and at least 1)")
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -535,6 +543,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
             _truncate_csv(out / "epochs.csv", lambda r: int(r["epoch"]) <= start_epoch)
     else:
         t0 = time.perf_counter()
+        method.set_view_size(cfg.progressive)  # the calibration pass sees what the first steps see
         method.setup(loader, cfg.batch_size)  # under torchrun: each rank calibrates its share, banks all-gathered
         elapsed = time.perf_counter() - t0
     signum = 0  # under torchrun: a signal some rank received, once the ranks have agreed on it
@@ -556,11 +565,15 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
 
     params = [p for p in method.parameters() if p.requires_grad]
     norm_stats = [b for n, b in method.named_buffers() if "running_" in n or "num_batches" in n]
-    epochs_done, skips_in_a_row = start_epoch, 0
+    epochs_done, skips_in_a_row, paused = start_epoch, 0, False
+    partial = state.get("epoch_seconds", 0.0) if state is not None and state.get("step_in_epoch") else 0.0
+    if cfg.stop_at is not None and state is not None and elapsed + partial >= cfg.stop_at:
+        end_epoch = start_epoch  # this slice's time is already spent (a fresh run takes one step: a checkpoint)
     steps_done = start_epoch * steps_per_epoch + (state.get("step_in_epoch", 0) if state is not None else 0)
     stop.armed = True
     for epoch in range(start_epoch, end_epoch):
         method.train()
+        partial = 0.0  # seconds of an epoch left unfinished (the clock at a mid-epoch stop)
         # All randomness of an epoch derives from (seed, epoch): a resumed run replays it exactly.
         gen = torch.Generator(device).manual_seed(cfg.seed * 100003 + epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -581,15 +594,18 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
             if ctx is not None:  # one clock and one stop signal for every rank (a Gloo all-reduce on the host)
                 now = elapsed + seconds_before + time.perf_counter() - t_epoch
                 signum, spent = ctx.agree(_signum(stop.signal), now)
+            elif cfg.time_budget is not None or cfg.stop_at is not None:
+                spent = elapsed + seconds_before + time.perf_counter() - t_epoch
             if cfg.time_budget is not None:
                 # Schedules follow the time spent: the steps the budget will hold, extrapolated from the rate so far.
-                if ctx is None:
-                    spent = elapsed + seconds_before + time.perf_counter() - t_epoch
                 if spent >= cfg.time_budget:
                     budget_spent = True
                     break
                 rate_from = rate_from or (step, spent)
-                total_steps = _steps_in_budget(step, spent, rate_from, cfg.time_budget, steps_per_epoch * cfg.epochs)
+                if cfg.progressive is not None and spent >= cfg.progressive_fraction * cfg.time_budget > rate_from[1]:
+                    rate_from = (step, spent)  # full-size views: the steps left are measured at their own rate
+                if step - rate_from[0] >= 5:  # else keep the estimate (the cap before any rate was measured)
+                    total_steps = _steps_in_budget(step, spent, rate_from, cfg.time_budget, steps_per_epoch * cfg.epochs)
                 warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps // 10)
             steps_done = step + 1
             lr = lr_at(step, total_steps, warmup, cfg.base_lr(), steps_per_epoch if cfg.lr_schedule == "epoch" else 1)
@@ -597,6 +613,10 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                 g["lr"] = lr
             saved_stats = [b.clone() for b in norm_stats] if cfg.on_nan == "skip" else None
             method.set_progress(step, total_steps, steps_per_epoch)
+            if cfg.progressive is not None:
+                small = (spent / cfg.time_budget if cfg.time_budget is not None else step / total_steps) \
+                    < cfg.progressive_fraction
+                method.set_view_size(cfg.progressive if small else None)
             with autocast:
                 if model is None:
                     loss, logs = method.training_step(xb, idx, gen, rng)
@@ -626,8 +646,9 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                                     precision, ckpt_path)
             # read once: a signal arriving later is handled after the next step (under torchrun: the agreed one)
             interrupted = stop.signal is not None if ctx is None else signum != 0
+            paused = paused or (cfg.stop_at is not None and spent >= cfg.stop_at)  # the clock at this step's start
             end_of_epoch = i + 1 == steps_per_epoch
-            save_now = not end_of_epoch and (interrupted or
+            save_now = not end_of_epoch and (interrupted or paused or
                                              (cfg.checkpoint_every is not None and (step + 1) % cfg.checkpoint_every == 0))
             if (i + 1) % cfg.log_every == 0 or end_of_epoch or save_now:
                 rows = logger.flush()
@@ -641,10 +662,11 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                                  elapsed=elapsed, skipped_steps=skipped_steps, gen_state=gen.get_state(),
                                  np_rng_state=rng.bit_generator.state, epoch_losses=losses, images_seen=images_seen,
                                  rate_from=rate_from, peak_mem_mb=max(peak_before, peak_memory_mb(device)),
-                                 epoch_seconds=seconds_before + time.perf_counter() - t_epoch)
-            if interrupted:
+                                 epoch_seconds=(saved_at := seconds_before + time.perf_counter() - t_epoch))
+            if interrupted or paused:
                 break
-        if interrupted and i + 1 < steps_per_epoch:  # mid-epoch, after its checkpoint
+        if (interrupted or paused) and i + 1 < steps_per_epoch:  # mid-epoch, after its checkpoint
+            partial = saved_at  # the clock as the checkpoint has it (a resumed slice starts from there)
             break
         if budget_spent:  # the steps logged since the last flush still count
             rows = logger.flush()
@@ -669,7 +691,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
                          elapsed=elapsed, skipped_steps=skipped_steps, images_seen=images_seen, rate_from=rate_from,
                          peak_mem_mb=max(peak_before, peak_memory_mb(device)))
         epochs_done = epoch + 1
-        if (stop.signal is not None if ctx is None else signum != 0) or budget_spent:
+        if (stop.signal is not None if ctx is None else signum != 0) or budget_spent or paused:
             break
     stop.armed = False
 
@@ -681,7 +703,7 @@ def _train(cfg: TrainConfig, resume: bool, stop: _GracefulStop, ctx: distributed
     summary = {"method": cfg.method, "backbone": cfg.backbone, "data": cfg.data, "fraction": cfg.fraction,
                "train_images": len(x), "epochs_done": epochs_done, "steps_done": steps_done, "epochs": cfg.epochs,
                "complete": done,
-               "final_loss": last_loss, "train_seconds": elapsed,
+               "final_loss": last_loss, "train_seconds": elapsed + partial,  # + a stopped epoch's part
                "images_seen": images_seen, "time_budget": cfg.time_budget,
                "images_per_s": (images_seen / elapsed) if elapsed and images_seen else None,
                "peak_mem_mb": max(peak_before, peak_memory_mb(device)), "device": str(device),  # over all invocations

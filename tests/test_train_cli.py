@@ -185,3 +185,20 @@ def test_resumed_budget_run_continues_its_schedule(tiny_npz, tmp_path, monkeypat
     peak = max(lrs)
     assert lrs[n_before] <= lrs[n_before - 1] * 1.01 < 0.95 * peak  # continues the decay
     assert lrs[-1] < 0.3 * peak
+
+
+def test_stop_at_slices_the_run_by_training_clock_and_resume_replays_it(tiny_npz, tmp_path):
+    """Wall-clock slices (the time-to-accuracy benchmark's round robin): each invocation ends after the step
+    during which the clock passed stop_at, with a checkpoint; the sliced run equals the unsliced one."""
+    full = train(_cfg(tiny_npz, tmp_path / "a"))
+    clock, steps = 0.0, []
+    for k in range(4):
+        s = train(_cfg(tiny_npz, tmp_path / "b", stop_at=clock + 1e-9), resume=k > 0)
+        assert not s["complete"] and s["train_seconds"] > clock
+        clock, steps = s["train_seconds"], steps + [s["steps_done"]]
+    assert steps == [1, 2, 3, 4]  # a slice already spent runs nothing; each new slice one step here
+    again = train(_cfg(tiny_npz, tmp_path / "b", stop_at=clock / 2), resume=True)
+    assert again["steps_done"] == 4
+    done = train(_cfg(tiny_npz, tmp_path / "b"), resume=True)
+    assert done["complete"] and done["steps_done"] == full["steps_done"]
+    np.testing.assert_allclose(_losses(tmp_path / "b" / "run"), _losses(tmp_path / "a" / "run"), rtol=1e-6)

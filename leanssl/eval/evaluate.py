@@ -104,6 +104,18 @@ def load_evaluable(path) -> tuple:
     return load_exported(path), cfg, info, state
 
 
+def eval_resolution(resolution, info: dict) -> int | None:
+    """The side to decode evaluation images at: the run's (None), the data's own ("native", None to open_dataset), or N."""
+    if resolution is None or resolution == "run":
+        return info["resolution"]
+    if resolution == "native":
+        return None
+    try:
+        return int(resolution)
+    except (TypeError, ValueError):
+        raise LeansslError(f"eval resolution must be run, native or a number of pixels, got {resolution!r}") from None
+
+
 def parse_protocols(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in names if p not in PROTOCOLS]
@@ -136,13 +148,16 @@ def _probe_fields(p: dict) -> dict:
 def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: int | None = None,
              fraction: float | None = None, baselines: bool = True, device: str = "auto", seed: int = 0,
              cache_dir=None, progress: bool = True, backbone=None, info=None, run_cfg=None,
-             settings: EvalSettings | None = None, report: bool = True, quantize: tuple[int, ...] = ()) -> dict:
+             settings: EvalSettings | None = None, report: bool = True, quantize: tuple[int, ...] = (),
+             resolution=None) -> dict:
     """Top-1 accuracies (fractions) of each protocol on `data`'s test split.
 
     `baselines=True` adds the same protocols on a randomly initialised backbone of the same
     architecture and on raw pixels (no fine-tuning there), under "baselines". `report=True` writes
     the markdown report `eval-<data>.md` into `run_dir` (its path is returned under "report").
     `quantize` (bit-widths) adds the backbone quantised to each, under "quantized" (leanssl.quantize).
+    `resolution`: the side the images are decoded at and the backbone sees: None for the run's
+    training resolution, "native" for `data`'s own (a run pretrained small, evaluated full size), or pixels.
     """
     settings = settings or EvalSettings()
     _check_settings(settings)
@@ -151,7 +166,8 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
     run_state = None
     if backbone is None:
         backbone, run_cfg, info, run_state = load_evaluable(run_dir)
-    ds = open_dataset(data, info["resolution"], cache_dir, progress=progress)
+    ds = open_dataset(data, eval_resolution(resolution, info), cache_dir, progress=progress)
+    info = {**info, "resolution": ds.resolution, "train_resolution": info.get("train_resolution", info["resolution"])}
     if ds.train is None or ds.test is None or ds.train.y is None:
         raise LeansslError(f"evaluation needs a labelled train and test split, and '{data}' has none")
     tr_idx = None
@@ -216,7 +232,8 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
               "backbone": run_cfg.backbone, "method": run_cfg.method, "run": str(run_dir) if run_dir else None,
               "train_images": len(xtr), "test_images": len(ds.test.x), "labels_per_class": labels_per_class,
               "label_fraction": fraction, "num_classes": num_classes,
-              "resolution": info["resolution"], "data_channels": ds.channels, "model_channels": info["channels"],
+              "resolution": info["resolution"], "train_resolution": info["train_resolution"],
+              "data_channels": ds.channels, "model_channels": info["channels"],
               "run_epoch": (run_state or {}).get("epoch"), "run_epochs": (run_state or {}).get("epochs"),
               "run_complete": (run_state or {}).get("complete"),
               "knn_k": settings.knn_k, "knn_k_used": min(settings.knn_k, len(xtr)), "knn_t": settings.knn_t, "protocols": protocols, "device": str(dev), "seed": seed,

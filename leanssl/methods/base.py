@@ -87,6 +87,21 @@ class Method(nn.Module):
     def after_step(self) -> None:
         """State updates that follow the optimiser step (bank, EMA teacher, queue)."""
 
+    def set_view_size(self, size: int | None) -> None:
+        """Progressive resolution: every view recipe of the method makes its views at `size` px instead of the
+        data's (multi-crop's smaller views scaled alike); None: back to the data's resolution."""
+        for aug in self._augmenters():
+            native = aug.__dict__.setdefault("native_size", aug.size)
+            aug.size = native if size is None else max(1, round(native * size / self.data.resolution))
+
+    def _augmenters(self) -> list[BatchAugment]:
+        found = []
+        for value in vars(self).values():
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(item, BatchAugment) and all(item is not f for f in found):
+                    found.append(item)
+        return found
+
     def extra_params(self) -> list[nn.Parameter]:
         """Trainable parameters besides the backbone (heads, predictors)."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
