@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..data.cache import cache_root
 from ..data.sources import open_dataset, per_class_subset, stratified_subset
 from ..errors import LeansslError
 from ..models.backbones import build_backbone
@@ -27,8 +28,9 @@ from ..train import load_checkpoint, load_run_config, resolve_device
 from .features import extract_features, pixel_features
 from .fewshot import FewShotConfig, fewshot_eval
 from .finetune import FinetuneConfig, finetune
+from .floors import floor_key, load_floors, save_floors
 from .knn import KNN_K, KNN_T, knn_top1
-from .linear import C_GRID, SOLVERS, linear_probe
+from .linear import C_GRID, SOLVERS, SWEEPS, linear_probe
 from .report import report_path, write_report
 
 PROTOCOLS = ("knn", "linear", "finetune", "fewshot", "lowlabel")
@@ -43,6 +45,7 @@ class EvalSettings:
     knn_t: float = KNN_T
     linear_cs: tuple[float, ...] = C_GRID
     linear_solver: str = "auto"
+    linear_sweep: str = "fast"  # coarse-to-fine C search; "full" fits every C (same choice, several times slower)
     val_fraction: float = 0.2  # of the labelled training images, to choose C on
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
@@ -98,6 +101,7 @@ def _check_settings(s: EvalSettings) -> None:
         (not s.knn_t > 0, f"kNN temperature must be positive, got {s.knn_t}"),
         (s.linear_solver not in SOLVERS, f"unknown linear solver '{s.linear_solver}': choose from {', '.join(SOLVERS)}"),
         (not s.linear_cs or min(s.linear_cs) <= 0, "linear-probe C values must be positive"),
+        (s.linear_sweep not in SWEEPS, f"unknown linear sweep '{s.linear_sweep}': choose from {', '.join(SWEEPS)}"),
         (s.finetune.epochs < 0, f"fine-tune epochs must be at least 0, got {s.finetune.epochs}"),
         (s.fewshot.ways < 2, f"few-shot ways must be at least 2, got {s.fewshot.ways}"),
         (s.fewshot.episodes < 1, f"few-shot episodes must be at least 1, got {s.fewshot.episodes}"),
@@ -116,12 +120,13 @@ def _probe_fields(p: dict) -> dict:
 def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: int | None = None,
              fraction: float | None = None, baselines: bool = True, device: str = "auto", seed: int = 0,
              cache_dir=None, progress: bool = True, backbone=None, info=None, run_cfg=None,
-             settings: EvalSettings | None = None, report: bool = True) -> dict:
+             settings: EvalSettings | None = None, report: bool = True, floor_cache: bool = True) -> dict:
     """Top-1 accuracies (fractions) of each protocol on `data`'s test split.
 
     `baselines=True` adds the same protocols on a randomly initialised backbone of the same
     architecture and on raw pixels (no fine-tuning there), under "baselines". `report=True` writes
     the markdown report `eval-<data>.md` into `run_dir` (its path is returned under "report").
+    `floor_cache=True` reuses baselines cached by an earlier evaluation with the same data and settings.
     """
     settings = settings or EvalSettings()
     _check_settings(settings)
@@ -145,7 +150,8 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
     ytr_np = np.asarray(ds.train.y if tr_idx is None else ds.train.y[tr_idx], dtype=np.int64)
     ytr, yte = torch.from_numpy(ytr_np).to(dev), torch.from_numpy(np.asarray(ds.test.y, dtype=np.int64)).to(dev)
     num_classes = int(max(ytr.max(), yte.max())) + 1
-    probe_args = dict(seed=seed, cs=settings.linear_cs, val_fraction=settings.val_fraction, solver=settings.linear_solver)
+    probe_args = dict(seed=seed, cs=settings.linear_cs, val_fraction=settings.val_fraction, solver=settings.linear_solver,
+                      sweep=settings.linear_sweep, progress=progress)
 
     def fine_tunes(net, head, idx, tag: str) -> dict:
         x, y = (xtr, ytr_np) if idx is None else (xtr[idx], ytr_np[idx])
@@ -166,18 +172,19 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
             res["knn20_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, 20, settings.knn_t)
         finetuning = "finetune" in protocols and net is not None
         if "linear" in protocols or finetuning:  # fine-tuning's warm-up starts from the probe
-            probe = linear_probe(ftr, ytr, fte, yte, num_classes, **probe_args)
+            probe = linear_probe(ftr, ytr, fte, yte, num_classes, desc=f"{tag} linear probe", **probe_args)
             res.update(_probe_fields(probe))
         if finetuning:
             res.update(fine_tunes(net, probe["head"], None, tag))
         if "fewshot" in protocols:
-            res["fewshot"] = fewshot_eval(ftr, ytr, fte, yte, settings.fewshot)
+            res["fewshot"] = fewshot_eval(ftr, ytr, fte, yte, settings.fewshot, progress, desc=f"{tag} few-shot")
         if "lowlabel" in protocols:
             res["lowlabel"] = {}
             for frac in settings.lowlabel_fractions:
                 idx = stratified_subset(ytr_np, len(ytr_np), frac, seed)
                 t = torch.from_numpy(idx).to(dev)
-                probe = linear_probe(ftr[t], ytr[t], fte, yte, num_classes, **probe_args)
+                probe = linear_probe(ftr[t], ytr[t], fte, yte, num_classes, desc=f"{tag} {100 * frac:g}% linear probe",
+                                     **probe_args)
                 entry = {"fraction": frac, "labels": len(idx), **_probe_fields(probe)}
                 if net is not None:
                     entry.update(fine_tunes(net, probe["head"], idx, f"{tag} {100 * frac:g}%"))
@@ -199,10 +206,22 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
               "settings": settings.summary()}
     result.update(score(backbone, *backbone_features(backbone, "ssl"), "ssl"))
     if baselines:
-        torch.manual_seed(seed)
-        rand = build_backbone(run_cfg.backbone, info["channels"], info["resolution"])
-        result["baselines"] = {"random_init": score(rand, *backbone_features(rand, "random"), "random"),
-                               "raw_pixels": score(None, *pixel_features(xtr, ds.test.x), "pixels")}
+        parts = {"data": Path(ds.cache_path).name, "protocols": sorted(protocols), "settings": asdict(settings),
+                 "seed": seed, "backbone": run_cfg.backbone, "model": [info["channels"], info["resolution"],
+                 list(info["mean"]), list(info["std"])], "labels_per_class": labels_per_class,
+                 "fraction": [fraction, run_cfg.seed] if fraction is not None else None}
+        key, root = floor_key(**parts), cache_root(cache_dir)
+        floor_cache = floor_cache and bool(ds.cache_path)  # data without a cache entry has no fingerprint to key on
+        floors = load_floors(root, key, protocols) if floor_cache else None
+        result["floors_cached"] = floors is not None
+        if floors is None:
+            torch.manual_seed(seed)
+            rand = build_backbone(run_cfg.backbone, info["channels"], info["resolution"])
+            floors = {"random_init": score(rand, *backbone_features(rand, "random"), "random"),
+                      "raw_pixels": score(None, *pixel_features(xtr, ds.test.x), "pixels")}
+            if floor_cache:
+                save_floors(root, key, floors, parts)
+        result["baselines"] = floors
     if report and run_dir is not None:
         path = report_path(run_dir, data, labels_per_class, fraction)
         try:

@@ -108,6 +108,46 @@ def _fewshot_lines(res: dict, cols) -> list[str]:
     return lines + _table(["episodes", "classifier"] + [title for _, title, _ in cols], rows)
 
 
+def _fewshot_headline(r: dict, setting: str):
+    entry = r.get("fewshot", {}).get(setting, {})
+    return entry.get("nearest_centroid", {}).get("mean")
+
+
+def _headlines(res: dict) -> list[tuple[str, object]]:
+    """(name, getter) of the numbers the floor line compares: kNN, linear probe, and one few-shot setting."""
+    out = [("kNN", lambda r: r.get("knn_top1")), ("linear probe", lambda r: r.get("linear_top1"))]
+    settings = [k for k, v in res.get("fewshot", {}).items() if "skipped" not in v]
+    if settings:  # the middle K: 1-shot is mostly noise, the largest K is closest to the linear probe
+        mid = settings[len(settings) // 2]
+        out.append((f"few-shot ({mid}, centroid)", lambda r, m=mid: _fewshot_headline(r, m)))
+    return out
+
+
+def floor_line(res: dict) -> str | None:
+    """One line on what the numbers mean against the floors, e.g. "kNN: +2.1 points over raw pixels, ..."."""
+    floors = res.get("baselines")
+    if not floors:
+        return None
+    parts, below = [], []
+    for name, get in _headlines(res):
+        v = get(res)
+        if v is None:
+            continue
+        diffs = []
+        for key, label in (("raw_pixels", "raw pixels"), ("random_init", "random init")):
+            f = get(floors.get(key, {}))
+            if f is not None:
+                diffs.append(f"{100 * (v - f):+.1f} over {label}")
+                if v < f:
+                    below.append(f"{name} (vs {label})")
+        if diffs:
+            parts.append(f"{name} {', '.join(diffs)}")
+    if not parts:
+        return None
+    verdict = f"below a floor on {', '.join(below)}" if below else "above both floors on each"
+    return f"Against the floors, in points of top-1: {'; '.join(parts)} — {verdict}."
+
+
 def format_report(res: dict) -> str:
     cols = _columns(res)
     labels = ("all labelled training images" if res["labels_per_class"] is None and res["label_fraction"] is None else
@@ -127,7 +167,11 @@ def format_report(res: dict) -> str:
              ""]
     if "baselines" not in res:
         lines += ["No baselines in this report (evaluated with --no-baselines).", ""]
+    elif res.get("floors_cached"):
+        lines += ["The raw-pixel and random-init columns come from the floor cache (same data, settings and seed).", ""]
     lines += _table(["protocol", "settings"] + [title for _, title, _ in cols], _accuracy_rows(res, cols))
+    if floor_line(res):
+        lines += ["", floor_line(res)]
     if "finetune_warmup_top1" in res.get("baselines", {}).get("random_init", {}):
         lines += ["", "A random backbone's BatchNorm running statistics are still at their initial values, so its frozen "
                       "(eval-mode) features, and the probe fitted to them, differ in scale from the train-mode features "
