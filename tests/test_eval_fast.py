@@ -96,3 +96,28 @@ def test_floor_line_says_where_the_numbers_stand():
     assert "kNN +2.0 over raw pixels, +15.0 over random init" in line and "linear probe -2.0 over raw pixels" in line
     assert "below a floor on linear probe (vs raw pixels)" in line
     assert floor_line({"knn_top1": 0.9}) is None
+
+
+def test_eval_speed_script_times_cold_warm_and_full_rows(tiny_npz, tmp_path, monkeypatch, capsys):
+    # Each row is its own `leanssl eval` process; here it runs in this one (three torch imports would take a minute).
+    # Fine-tuning runs at least 200 steps per feature set, so the third row leaves it out.
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import eval_speed
+    from test_eval_protocols import _fake_run
+
+    from leanssl.cli import main
+
+    def in_process(cmd):
+        assert cmd[1:4] == ["-m", "leanssl.cli", "eval"] and main(cmd[3:]) == 0
+        return capsys.readouterr().out
+
+    monkeypatch.setattr(eval_speed, "run_command", in_process)
+    run = _fake_run(tmp_path / "run", tiny_npz)
+    out = eval_speed.main([str(run), "--data", f"npz:{tiny_npz}", "--cache-dir", str(tmp_path / "c"),
+                           "--extra", "--linear-c-values 3 --device cpu",
+                           "--full-protocols", "knn,linear,fewshot", "--full-extra", "--fewshot-episodes 4 --fewshot-shots 1"])
+    rows = out["rows"]
+    assert [r["floors_cached"] for r in rows.values()] == [False, True, False]
+    assert all(r["seconds"] > 0 and "load_before" in r for r in rows.values())
