@@ -24,15 +24,17 @@ from leanssl.eval.linear import linear_probe
 from leanssl.models.backbones import build_backbone
 
 
-def feature_sets(run_dir, data, cache_dir, seed):
+def feature_sets(run_dir, data, cache_dir, seed, wanted):
     backbone, cfg, info = load_backbone(run_dir)
     ds = open_dataset(data, info["resolution"], cache_dir, progress=False)
     torch.manual_seed(seed)
     rand = build_backbone(cfg.backbone, info["channels"], info["resolution"])
     args = (info["mean"], info["std"], info["channels"], info["resolution"], torch.device("cpu"))
-    yield "raw pixels", ds, pixel_features(ds.train.x, ds.test.x)
+    if "raw pixels" in wanted:
+        yield "raw pixels", ds, pixel_features(ds.train.x, ds.test.x)
     for name, net in (("random init", rand), ("trained", backbone)):
-        yield name, ds, (extract_features(net, ds.train.x, *args, progress=False),
+        if name in wanted:
+            yield name, ds, (extract_features(net, ds.train.x, *args, progress=False),
                          extract_features(net, ds.test.x, *args, progress=False))
 
 
@@ -43,9 +45,10 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweeps", default="fast,full")
+    ap.add_argument("--sets", default="raw pixels,random init,trained")
     a = ap.parse_args()
     print(f"threads {torch.get_num_threads()}")
-    for name, ds, (ftr, fte) in feature_sets(a.run, a.data, a.cache_dir, a.seed):
+    for name, ds, (ftr, fte) in feature_sets(a.run, a.data, a.cache_dir, a.seed, a.sets.split(",")):
         ytr = torch.from_numpy(np.asarray(ds.train.y, dtype=np.int64))
         yte = torch.from_numpy(np.asarray(ds.test.y, dtype=np.int64))
         k = int(max(ytr.max(), yte.max())) + 1
