@@ -93,8 +93,8 @@ def test_floor_line_says_where_the_numbers_stand():
     res = {"knn_top1": 0.85, "linear_top1": 0.80,
            "baselines": {"raw_pixels": {"knn_top1": 0.83, "linear_top1": 0.82}, "random_init": {"knn_top1": 0.7}}}
     line = floor_line(res)
-    assert "kNN +2.0 over raw pixels, +15.0 over random init" in line and "linear probe -2.0 over raw pixels" in line
-    assert "below a floor on linear probe (vs raw pixels)" in line
+    assert "kNN 2.0 points above raw pixels, 15.0 points above random init" in line
+    assert "linear probe 2.0 points below raw pixels" in line and line.endswith("below a floor on linear probe.")
     assert floor_line({"knn_top1": 0.9}) is None
 
 

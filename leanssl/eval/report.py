@@ -123,8 +123,12 @@ def _headlines(res: dict) -> list[tuple[str, object]]:
     return out
 
 
+def _versus(diff: float, label: str) -> str:
+    return f"{abs(100 * diff):.1f} points {'above' if diff >= 0 else 'below'} {label}"
+
+
 def floor_line(res: dict) -> str | None:
-    """One line on what the numbers mean against the floors, e.g. "kNN: +2.1 points over raw pixels, ..."."""
+    """One line on what the numbers mean against the floors, e.g. "kNN: 2.1 points above raw pixels, ..."."""
     floors = res.get("baselines")
     if not floors:
         return None
@@ -133,19 +137,16 @@ def floor_line(res: dict) -> str | None:
         v = get(res)
         if v is None:
             continue
-        diffs = []
-        for key, label in (("raw_pixels", "raw pixels"), ("random_init", "random init")):
-            f = get(floors.get(key, {}))
-            if f is not None:
-                diffs.append(f"{100 * (v - f):+.1f} over {label}")
-                if v < f:
-                    below.append(f"{name} (vs {label})")
+        diffs = [(v - f, label) for key, label in (("raw_pixels", "raw pixels"), ("random_init", "random init"))
+                 if (f := get(floors.get(key, {}))) is not None]
         if diffs:
-            parts.append(f"{name} {', '.join(diffs)}")
+            parts.append(f"{name} {', '.join(_versus(d, label) for d, label in diffs)}")
+            if any(d < 0 for d, _ in diffs):
+                below.append(name)
     if not parts:
         return None
     verdict = f"below a floor on {', '.join(below)}" if below else "above both floors on each"
-    return f"Against the floors, in points of top-1: {'; '.join(parts)} — {verdict}."
+    return f"Against the floors: {'; '.join(parts)} — {verdict}."
 
 
 def format_report(res: dict) -> str:
