@@ -121,3 +121,15 @@ def test_eval_speed_script_times_cold_warm_and_full_rows(tiny_npz, tmp_path, mon
     rows = out["rows"]
     assert [r["floors_cached"] for r in rows.values()] == [False, True, False]
     assert all(r["seconds"] > 0 and "load_before" in r for r in rows.values())
+
+
+def test_knn_for_several_k_from_one_pass_matches_one_k_at_a_time():
+    from leanssl.eval.knn import knn_predict, knn_predict_many
+    xtr, ytr = _overlapping(60, seed=3)
+    xte, _ = _overlapping(30, seed=4)
+    many = knn_predict_many(xtr, ytr, xte, 4, ks=(200, 20, 1))
+    for k in (200, 20, 1):
+        assert torch.equal(many[k], knn_predict(xtr, ytr, xte, 4, k=k))
+    # k=1 is the nearest neighbour by cosine, computed independently here
+    sim = torch.nn.functional.normalize(xte, dim=1) @ torch.nn.functional.normalize(xtr, dim=1).t()
+    assert torch.equal(many[1], ytr[sim.argmax(1)])

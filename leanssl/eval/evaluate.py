@@ -29,7 +29,7 @@ from .features import extract_features, pixel_features
 from .fewshot import FewShotConfig, fewshot_eval
 from .finetune import FinetuneConfig, finetune
 from .floors import floor_key, load_floors, save_floors
-from .knn import KNN_K, KNN_T, knn_top1
+from .knn import KNN_K, KNN_T, knn_top1s
 from .linear import C_GRID, SOLVERS, SWEEPS, linear_probe
 from .report import report_path, write_report
 
@@ -168,8 +168,8 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
         ftr, fte = ftr.to(dev), fte.to(dev)
         res = {}
         if "knn" in protocols:
-            res["knn_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, settings.knn_k, settings.knn_t)
-            res["knn20_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, 20, settings.knn_t)
+            acc = knn_top1s(ftr, ytr, fte, yte, num_classes, (settings.knn_k, 20), settings.knn_t)
+            res["knn_top1"], res["knn20_top1"] = acc[settings.knn_k], acc[20]
         finetuning = "finetune" in protocols and net is not None
         if "linear" in protocols or finetuning:  # fine-tuning's warm-up starts from the probe
             probe = linear_probe(ftr, ytr, fte, yte, num_classes, desc=f"{tag} linear probe", **probe_args)
