@@ -218,7 +218,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     val_top1, start, stats = None, None, {"fits": 0, "iters": 0, "evals": 0}
     if len(va):
         tr_t, va_t = torch.from_numpy(tr).to(xtr.device), torch.from_numpy(va).to(xtr.device)
-        with tqdm(total=len(cs), desc=desc, disable=None if progress else True, leave=False, unit="C") as bar:
+        with tqdm(total=len(cs) if sweep == "full" else None, desc=desc, disable=None if progress else True, leave=False, unit="C") as bar:
             scores, fits = _sweep(xtr[tr_t], train_y[tr_t], xtr[va_t], train_y[va_t], num_classes, cs, solver, seed,
                                   sweep, stats, bar)
         best = max(scores, key=lambda i: (scores[i], -cs[i]))
