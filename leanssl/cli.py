@@ -253,7 +253,8 @@ def _eval_settings(a: argparse.Namespace):
     if a.linear_c_values is not None and a.linear_c_values < 1:
         raise LeansslError(f"--linear-c-values must be at least 1, got {a.linear_c_values}")
     cs = c_grid(a.linear_c_values) if a.linear_c_values is not None else None
-    return replace(s, **given(knn_k=a.knn_k, knn_t=a.knn_t, linear_solver=a.linear_solver, linear_cs=cs),
+    return replace(s, **given(knn_k=a.knn_k, knn_t=a.knn_t, linear_solver=a.linear_solver, linear_cs=cs,
+                              linear_sweep=a.linear_sweep),
                    finetune=replace(s.finetune, **given(epochs=a.finetune_epochs)),
                    fewshot=replace(s.fewshot, **given(ways=a.fewshot_ways, shots=shots, episodes=a.fewshot_episodes)))
 
@@ -265,7 +266,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     res = evaluate(a.run_dir, a.data, parse_protocols(a.protocol), a.labels_per_class, a.fraction, baselines=a.baselines,
                    device=a.device, seed=a.seed, cache_dir=a.cache_dir, progress=not a.json, settings=_eval_settings(a),
-                   quantize=parse_bits(a.quantize) if a.quantize else (), resolution=a.resolution)
+                   quantize=parse_bits(a.quantize) if a.quantize else (), resolution=a.resolution,
+                   floor_cache=a.floor_cache)
     from .eval.report import incomplete_note
 
     if incomplete_note(res):
@@ -322,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear probe: full-batch L-BFGS, or minibatch SGD for large feature sets (default auto)")
     p.add_argument("--linear-c-values", type=int, default=None,
                    help="how many log-spaced C in 1e-5..1e6 the probe chooses from (default 45, Ericsson et al.; fewer is faster)")
+    p.add_argument("--linear-sweep", choices=("fast", "full"), default=None,
+                   help="linear probe's C search: coarse-to-fine (default fast), or every C of the grid (full)")
+    p.add_argument("--floor-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the raw-pixel and random-init results of an earlier eval on the same data and settings "
+                        "(cached under --cache-dir; default on)")
     p.add_argument("--finetune-epochs", type=float, default=None, help="fine-tuning schedule (default 3, at least 200 steps)")
     p.add_argument("--fewshot-ways", type=int, default=None, help="N of N-way episodes (default 5)")
     p.add_argument("--fewshot-shots", default=None, help="comma-separated K of K-shot episodes (default 1,5,20)")

@@ -1,4 +1,4 @@
-"""Data sources, decoded once into a memory-mapped uint8 cache (DESIGN.md section 4).
+"""Data sources, decoded once into a memory-mapped uint8 cache (then augmented on the device, in batch).
 
 ``open_dataset(spec)`` turns a SPEC string into a :class:`Dataset` whose image arrays are
 read-only ``np.memmap`` views of the cache (uint8, N x C x R x R). One small reader per format:
@@ -9,7 +9,8 @@ read-only ``np.memmap`` views of the cache (uint8, N x C x R x R). One small rea
     cifar10:PATH           python pickle batches (default 32 px)
     cifar100:PATH          same, fine labels
     stl10:PATH             binary files; pretrain = train + unlabeled (default 96 px)
-    folder:PATH or PATH    image folder, any nesting (3 channels, default 64 px)
+    folder:PATH or PATH    image folder, any nesting (3 channels, default: the images' median
+                           shorter side, at most 64 px)
     npz:PATH               arrays x[, y][, x_test, y_test] (default: native size)
 
 Each reader is split in two: ``_locate_*`` finds and checks the files cheaply (they feed the cache
@@ -26,6 +27,7 @@ import gzip
 import os
 import pickle
 import re
+import sys
 import zipfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +51,9 @@ FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist/"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".avif", ".heic", ".heif", ".jp2", ".jxl", ".psd", ".svg")  # fmt: skip
 CHUNK = 512  # images per chunk when copying/resizing arrays into the cache
+# A folder's default resolution: its images' median shorter side, at most this (the old fixed default,
+# what a 2-core CPU trains at comfortably), estimated from this many images' headers.
+FOLDER_MAX_RESOLUTION, FOLDER_SIZE_SAMPLE = 64, 200
 STATS_SAMPLE = 10_000  # images used to estimate mean/std
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
@@ -93,6 +98,7 @@ class _Source:
     default_resolution: int
     build: Callable[[CacheWriter, int, bool, bool], dict] = field(repr=False)
     held_out: bool = False  # labelled with no test split of its own: a seeded 20% of each class is the test split
+    choose_resolution: Callable[[], int] | None = field(default=None, repr=False)  # overrides the default when set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +118,8 @@ def open_dataset(
     ``strict``: raise on the first undecodable folder image instead of skipping it.
     """
     src = _locate(spec)
+    if resolution is None and src.choose_resolution is not None:
+        resolution = src.choose_resolution()
     res = _check_resolution(resolution, src.default_resolution)
     key = entry_key(kind=src.kind, root=src.root, resolution=res, fingerprint=src.fingerprint)
     entry = f"{src.name}-{res}px-{key}"
@@ -734,8 +742,30 @@ def _locate_folder(path: str) -> _Source:
           sorted(plan["train"] + plan["extra"] + plan["test"])]  # fmt: skip
     fp.append(["labels", plan["classes"]])
     fp.append(["unreadable", [os.path.relpath(d, path) for d, _ in unreadable]])  # readable again: rebuild
-    return _Source("folder", name, path, fp, 64, partial(_build_folder, path, plan),
-                   held_out=plan["classes"] is not None and test_labels is None)
+    files = [f[0] for f in plan["train"] + plan["extra"]]
+    return _Source("folder", name, path, fp, FOLDER_MAX_RESOLUTION, partial(_build_folder, path, plan),
+                   held_out=plan["classes"] is not None and test_labels is None,
+                   choose_resolution=partial(_folder_resolution, path, files))
+
+
+def _folder_resolution(path: str, files: list[str]) -> int:
+    """The images' own size: the median shorter side of up to FOLDER_SIZE_SAMPLE evenly spaced images
+    (headers only), capped at FOLDER_MAX_RESOLUTION, so small images are not upsampled; one note line."""
+    picked = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, min(len(files), FOLDER_SIZE_SAMPLE)).astype(int))]
+    sides = []
+    for f in picked:
+        try:
+            if os.path.isfile(f):  # not a FIFO or device: those are reported as skipped when decoding
+                with Image.open(f) as im:
+                    sides.append(min(im.size))
+        except Exception:  # PIL raises many types; a bad file is reported as skipped when the folder is decoded
+            continue
+    if not sides:
+        return FOLDER_MAX_RESOLUTION
+    res = min(int(np.median(sides)), FOLDER_MAX_RESOLUTION)
+    print(f"leanssl: note: decoding {path} at {res} px (median shorter side of {len(sides)} sampled images "
+          f"{int(np.median(sides))} px, at most {FOLDER_MAX_RESOLUTION}); --resolution overrides", file=sys.stderr)
+    return max(res, 1)
 
 
 def _scan(root: str, unreadable: list) -> list[tuple[str, str, int, int]]:

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..checks import check_finite
+from ..data.cache import cache_root
 from ..data.sources import open_dataset, per_class_subset, stratified_subset
 from ..errors import LeansslError
 from ..models.backbones import build_backbone
@@ -28,8 +29,9 @@ from ..train import load_checkpoint, load_run_config, resolve_device
 from .features import extract_features, pixel_features
 from .fewshot import FewShotConfig, fewshot_eval
 from .finetune import FinetuneConfig, finetune
-from .knn import KNN_K, KNN_T, knn_top1
-from .linear import C_GRID, SOLVERS, linear_probe
+from .floors import floor_key, load_floors, save_floors
+from .knn import KNN_K, KNN_T, knn_top1s
+from .linear import C_GRID, SOLVERS, SWEEPS, linear_probe
 from .report import report_path, write_report
 
 PROTOCOLS = ("knn", "linear", "finetune", "fewshot", "lowlabel")
@@ -44,6 +46,7 @@ class EvalSettings:
     knn_t: float = KNN_T
     linear_cs: tuple[float, ...] = C_GRID
     linear_solver: str = "auto"
+    linear_sweep: str = "fast"  # coarse-to-fine C search; "full" fits every C (same choice, several times slower)
     val_fraction: float = 0.2  # of the labelled training images, to choose C on
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
@@ -130,6 +133,7 @@ def _check_settings(s: EvalSettings) -> None:
         (not s.knn_t > 0, f"kNN temperature must be positive, got {s.knn_t}"),
         (s.linear_solver not in SOLVERS, f"unknown linear solver '{s.linear_solver}': choose from {', '.join(SOLVERS)}"),
         (not s.linear_cs or min(s.linear_cs) <= 0, "linear-probe C values must be positive"),
+        (s.linear_sweep not in SWEEPS, f"unknown linear sweep '{s.linear_sweep}': choose from {', '.join(SWEEPS)}"),
         (s.finetune.epochs < 0, f"fine-tune epochs must be at least 0, got {s.finetune.epochs}"),
         (s.fewshot.ways < 2, f"few-shot ways must be at least 2, got {s.fewshot.ways}"),
         (s.fewshot.episodes < 1, f"few-shot episodes must be at least 1, got {s.fewshot.episodes}"),
@@ -149,7 +153,7 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
              fraction: float | None = None, baselines: bool = True, device: str = "auto", seed: int = 0,
              cache_dir=None, progress: bool = True, backbone=None, info=None, run_cfg=None,
              settings: EvalSettings | None = None, report: bool = True, quantize: tuple[int, ...] = (),
-             resolution=None) -> dict:
+             resolution=None, floor_cache: bool = True) -> dict:
     """Top-1 accuracies (fractions) of each protocol on `data`'s test split.
 
     `baselines=True` adds the same protocols on a randomly initialised backbone of the same
@@ -158,6 +162,7 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
     `quantize` (bit-widths) adds the backbone quantised to each, under "quantized" (leanssl.quantize).
     `resolution`: the side the images are decoded at and the backbone sees: None for the run's
     training resolution, "native" for `data`'s own (a run pretrained small, evaluated full size), or pixels.
+    `floor_cache=True` reuses baselines cached by an earlier evaluation with the same data and settings.
     """
     settings = settings or EvalSettings()
     _check_settings(settings)
@@ -183,7 +188,8 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
     ytr_np = np.asarray(ds.train.y if tr_idx is None else ds.train.y[tr_idx], dtype=np.int64)
     ytr, yte = torch.from_numpy(ytr_np).to(dev), torch.from_numpy(np.asarray(ds.test.y, dtype=np.int64)).to(dev)
     num_classes = int(max(ytr.max(), yte.max())) + 1
-    probe_args = dict(seed=seed, cs=settings.linear_cs, val_fraction=settings.val_fraction, solver=settings.linear_solver)
+    probe_args = dict(seed=seed, cs=settings.linear_cs, val_fraction=settings.val_fraction, solver=settings.linear_solver,
+                      sweep=settings.linear_sweep, progress=progress)
 
     def fine_tunes(net, head, idx, tag: str) -> dict:
         x, y = (xtr, ytr_np) if idx is None else (xtr[idx], ytr_np[idx])
@@ -200,22 +206,23 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
         ftr, fte = ftr.to(dev), fte.to(dev)
         res = {}
         if "knn" in protocols:
-            res["knn_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, settings.knn_k, settings.knn_t)
-            res["knn20_top1"] = knn_top1(ftr, ytr, fte, yte, num_classes, 20, settings.knn_t)
+            acc = knn_top1s(ftr, ytr, fte, yte, num_classes, (settings.knn_k, 20), settings.knn_t)
+            res["knn_top1"], res["knn20_top1"] = acc[settings.knn_k], acc[20]
         finetuning = "finetune" in protocols and net is not None
         if "linear" in protocols or finetuning:  # fine-tuning's warm-up starts from the probe
-            probe = linear_probe(ftr, ytr, fte, yte, num_classes, **probe_args)
+            probe = linear_probe(ftr, ytr, fte, yte, num_classes, desc=f"{tag} linear probe", **probe_args)
             res.update(_probe_fields(probe))
         if finetuning:
             res.update(fine_tunes(net, probe["head"], None, tag))
         if "fewshot" in protocols:
-            res["fewshot"] = fewshot_eval(ftr, ytr, fte, yte, settings.fewshot)
+            res["fewshot"] = fewshot_eval(ftr, ytr, fte, yte, settings.fewshot, progress, desc=f"{tag} few-shot")
         if "lowlabel" in protocols:
             res["lowlabel"] = {}
             for frac in settings.lowlabel_fractions:
                 idx = stratified_subset(ytr_np, len(ytr_np), frac, seed)
                 t = torch.from_numpy(idx).to(dev)
-                probe = linear_probe(ftr[t], ytr[t], fte, yte, num_classes, **probe_args)
+                probe = linear_probe(ftr[t], ytr[t], fte, yte, num_classes, desc=f"{tag} {100 * frac:g}% linear probe",
+                                     **probe_args)
                 entry = {"fraction": frac, "labels": len(idx), **_probe_fields(probe)}
                 if net is not None:
                     entry.update(fine_tunes(net, probe["head"], idx, f"{tag} {100 * frac:g}%"))
@@ -245,10 +252,22 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
         result["quantized"] = {str(b): {"how": how(b), **score(None, *quantized_features(
             backbone, b, xtr, ds.test.x, info, seed, progress), f"{b}-bit")} for b in quantize}
     if baselines:
-        torch.manual_seed(seed)
-        rand = build_backbone(run_cfg.backbone, info["channels"], info["resolution"])
-        result["baselines"] = {"random_init": score(rand, *backbone_features(rand, "random"), "random"),
-                               "raw_pixels": score(None, *pixel_features(xtr, ds.test.x), "pixels")}
+        parts = {"data": Path(ds.cache_path).name, "protocols": sorted(protocols), "settings": asdict(settings),
+                 "seed": seed, "backbone": run_cfg.backbone, "model": [info["channels"], info["resolution"],
+                 list(info["mean"]), list(info["std"])], "labels_per_class": labels_per_class,
+                 "fraction": [fraction, run_cfg.seed] if fraction is not None else None}
+        key, root = floor_key(**parts), cache_root(cache_dir)
+        floor_cache = floor_cache and bool(ds.cache_path)  # data without a cache entry has no fingerprint to key on
+        floors = load_floors(root, key, protocols) if floor_cache else None
+        result["floors_cached"] = floors is not None
+        if floors is None:
+            torch.manual_seed(seed)
+            rand = build_backbone(run_cfg.backbone, info["channels"], info["resolution"])
+            floors = {"random_init": score(rand, *backbone_features(rand, "random"), "random"),
+                      "raw_pixels": score(None, *pixel_features(xtr, ds.test.x), "pixels")}
+            if floor_cache:
+                save_floors(root, key, floors, parts)
+        result["baselines"] = floors
     if report and run_dir is not None:
         path = report_path(run_dir, data, labels_per_class, fraction)
         if Path(run_dir).is_file():  # an exported backbone: the report goes beside it

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .linear import fit_logistic_batched, weight_decay_for
 
@@ -97,12 +98,12 @@ def _episode_accuracies(train_f, test_f, ep: Episodes, c: float, chunk: int) -> 
 
 
 def fewshot_eval(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 cfg: FewShotConfig | None = None) -> dict:
+                 cfg: FewShotConfig | None = None, progress: bool = False, desc: str = "few-shot") -> dict:
     """{"5-way 1-shot": {"ways", "shots", "queries", "nearest_centroid": stats, "logistic": stats}, ...}."""
     cfg = cfg or FewShotConfig()
     ytr, yte = train_y.cpu().numpy(), test_y.cpu().numpy()
     res = {}
-    for k in cfg.shots:
+    for k in tqdm(cfg.shots, desc=desc, disable=None if progress else True, leave=False, unit="setting"):
         ep = sample_episodes(ytr, yte, cfg.ways, k, cfg.queries, cfg.episodes, cfg.seed)
         if isinstance(ep, str):
             res[f"{cfg.ways}-way {k}-shot"] = {"skipped": ep}

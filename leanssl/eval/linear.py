@@ -7,7 +7,12 @@ split carved from the training split (never the test split), then the probe is r
 training split with that C. Features are standardised with training statistics.
 
 Both solvers minimise `mean_i CE_i + wd·‖W‖²` with wd = 1 / (2·C·n), the same objective:
-- `lbfgs`: full-batch L-BFGS, warm-started along the sweep from strong to weak regularisation;
+- `lbfgs`: full-batch L-BFGS, warm-started along the sweep from strong to weak regularisation.
+  The sweep is coarse-to-fine: every `COARSE_STEP`-th C (one per decade at 45 values) from strong
+  to weak, stopping once validation accuracy has not risen for `PATIENCE` coarse values, then
+  bisecting around the best (two, then one grid step either side). Each fit costs one pass over the data per
+  function evaluation, and the weakly regularised fits run to the iteration cap, so skipping the
+  C values past the peak is most of the saving (docs/evaluation.md has the counts);
 - `sgd`: minibatch Adam for feature sets too large for full-batch steps (a GPU's job), fitting
   every C of the sweep at once, in one pass over the data per epoch.
 """
@@ -19,6 +24,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 
 def c_grid(values: int = 45) -> tuple[float, ...]:
@@ -29,8 +35,11 @@ def c_grid(values: int = 45) -> tuple[float, ...]:
 C_GRID = c_grid()
 DEFAULT_C = 1.0  # scikit-learn's default, for a training split too small to carve a validation split from
 SWEEP_MAX_ITER = 100  # L-BFGS iterations per C in the sweep: scikit-learn's default, which Ericsson et al. ran
+COARSE_STEP = 4  # coarse sweep: every 4th C of the grid (one per decade at 45 values)
+PATIENCE = 2  # coarse values without a better validation accuracy before the sweep stops
 LBFGS_MAX_ELEMENTS = 1 << 26  # "auto" solver: above this many feature values (N × D), use sgd
 SOLVERS = ("auto", "lbfgs", "sgd")
+SWEEPS = ("fast", "full")  # full: every C of the grid, the exhaustive sweep (a reference for the fast one)
 
 
 def weight_decay_for(c: float, n: int) -> float:
@@ -39,11 +48,13 @@ def weight_decay_for(c: float, n: int) -> float:
 
 
 def fit_logistic_batched(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 200,
-                         init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """E independent problems at once: x (E, n, D), y (E, n) -> weights (E, K, D), biases (E, K).
 
     Full-batch L-BFGS on Σ_e [mean CE_e + weight_decay·‖W_e‖²]; the problems share no parameter,
     so the sum's minimiser is every problem's own minimiser (few-shot fits 600 episodes in one go).
+    `stats`, if given, accumulates "fits", "iters" and "evals" (function evaluations = data passes).
     """
     e, n, d = x.shape
     w = torch.zeros(e, num_classes, d, device=x.device) if init is None else init[0].detach().clone()
@@ -61,6 +72,10 @@ def fit_logistic_batched(x: torch.Tensor, y: torch.Tensor, num_classes: int, wei
 
     with torch.enable_grad():
         opt.step(closure)
+    if stats is not None:
+        state = opt.state[w]
+        for key, v in (("fits", 1), ("iters", state.get("n_iter", 0)), ("evals", state.get("func_evals", 0))):
+            stats[key] = stats.get(key, 0) + v
     return w.detach(), b.detach()
 
 
@@ -73,10 +88,10 @@ def _linear(w: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 200,
-                 init: torch.nn.Linear | None = None) -> torch.nn.Linear:
+                 init: torch.nn.Linear | None = None, stats: dict | None = None) -> torch.nn.Linear:
     """Full-batch L-BFGS on mean cross-entropy + weight_decay·‖W‖²; `init` warm-starts it."""
     start = None if init is None else (init.weight[None], init.bias[None])
-    w, b = fit_logistic_batched(x[None], y[None], num_classes, weight_decay, max_iter, start)
+    w, b = fit_logistic_batched(x[None], y[None], num_classes, weight_decay, max_iter, start, stats)
     return _linear(w[0], b[0])
 
 
@@ -130,50 +145,92 @@ def _accuracy(lin, x, y) -> float:
     return (lin(x).argmax(1) == y).float().mean().item()
 
 
-def _sweep(x, y, xv, yv, num_classes, cs, solver, seed) -> tuple[list[float], list]:
-    """Validation accuracy of the probe fitted on (x, y) at each C, and the L-BFGS fits (to warm-start the refit)."""
+def _sweep_order(n: int, scores: dict, coarse_step: int, patience: int):
+    """Grid indices (ascending C) to fit, each with the fitted index that warm-starts it; `scores` fills as they are fitted.
+
+    Coarse pass: every `coarse_step`-th index (and the last) from strong to weak regularisation,
+    stopping after `patience` without a better score. Fine pass: halve the step around the best so
+    far (ties: the smaller C) until it is 1. Each fit starts from the fit at the nearest smaller C.
+    """
+    def best():
+        return max(scores, key=lambda i: (scores[i], -i))
+
+    def warm(i):
+        return max((j for j in scores if j < i), default=None)
+
+    since = 0
+    for i in sorted(set(range(0, n, coarse_step)) | {n - 1}):
+        before = best() if scores else None
+        yield i, warm(i)
+        since = 0 if before is None or best() == i else since + 1
+        if since >= patience:
+            break
+    step = coarse_step
+    while step > 1:
+        step //= 2
+        centre = best()
+        for i in (centre - step, centre + step):
+            if 0 <= i < n and i not in scores:
+                yield i, warm(i)
+
+
+def _sweep(x, y, xv, yv, num_classes, cs, solver, seed, sweep="fast", stats=None, bar=None) -> tuple[dict, dict]:
+    """{grid index: validation accuracy} of the probes fitted on (x, y), and their L-BFGS fits (to warm-start the refit)."""
     if solver == "sgd":
         w, b = fit_logistic_sgd(x, y, num_classes, [weight_decay_for(c, len(x)) for c in cs], seed=seed)
         with torch.no_grad():
             pred = (torch.einsum("nd,pkd->pnk", xv, w) + b[:, None]).argmax(2)
-        return (pred == yv).float().mean(1).tolist(), [None] * len(cs)
-    scores, fits, lin = [0.0] * len(cs), [None] * len(cs), None
-    for i in sorted(range(len(cs)), key=cs.__getitem__):  # strong to weak regularisation: each fit warm-starts the next
-        lin = fits[i] = fit_logistic(x, y, num_classes, weight_decay_for(cs[i], len(x)), SWEEP_MAX_ITER, init=lin)
-        scores[i] = _accuracy(lin, xv, yv)
+        return dict(enumerate((pred == yv).float().mean(1).tolist())), {}
+    order = sorted(range(len(cs)), key=cs.__getitem__)  # strong to weak regularisation
+    scores, fits, ranked = {}, {}, {}
+    step, patience = (COARSE_STEP, PATIENCE) if sweep == "fast" else (1, len(cs))
+    for r, warm in _sweep_order(len(cs), ranked, step, patience):
+        i = order[r]
+        fits[i] = fit_logistic(x, y, num_classes, weight_decay_for(cs[i], len(x)), SWEEP_MAX_ITER,
+                               init=None if warm is None else fits.get(order[warm]), stats=stats)
+        scores[i] = ranked[r] = _accuracy(fits[i], xv, yv)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(C=f"{cs[i]:.2g}", val=f"{100 * scores[i]:.1f}%")
     return scores, fits
 
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, seed: int = 0, cs=C_GRID, val_fraction: float = 0.2, solver: str = "auto") -> dict:
-    """Returns {"top1", "C", "weight_decay", "val_top1", "solver", "head"}.
+                 num_classes: int, seed: int = 0, cs=C_GRID, val_fraction: float = 0.2, solver: str = "auto",
+                 sweep: str = "fast", progress: bool = False, desc: str = "linear probe") -> dict:
+    """Returns {"top1", "C", "weight_decay", "val_top1", "solver", "head", "cost"}.
 
     C is chosen on the validation split (ties: the smaller C, i.e. the stronger regulariser), the
     probe refit on all of train. `head` is the refit probe as an nn.Linear on the *unstandardised*
     features (the fine-tune warm-up starts from it); `weight_decay` is the refit's equivalent wd.
+    `cost` counts the L-BFGS fits, iterations and function evaluations (sweep and refit).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown linear-probe solver {solver!r}: choose from {', '.join(SOLVERS)}")
+    if sweep not in SWEEPS:
+        raise ValueError(f"unknown linear-probe sweep {sweep!r}: choose from {', '.join(SWEEPS)}")
     if solver == "auto":
         solver = "sgd" if train_f.numel() > LBFGS_MAX_ELEMENTS else "lbfgs"
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6  # standardise with training statistics only
     xtr, xte = (train_f - mu) / sd, (test_f - mu) / sd
     tr, va = _split(train_y.cpu().numpy(), val_fraction, seed)
     cs = [float(c) for c in cs]
-    val_top1, start = None, None
+    val_top1, start, stats = None, None, {"fits": 0, "iters": 0, "evals": 0}
     if len(va):
         tr_t, va_t = torch.from_numpy(tr).to(xtr.device), torch.from_numpy(va).to(xtr.device)
-        scores, fits = _sweep(xtr[tr_t], train_y[tr_t], xtr[va_t], train_y[va_t], num_classes, cs, solver, seed)
-        best = max(range(len(cs)), key=lambda i: (scores[i], -cs[i]))
-        c, val_top1, start = cs[best], scores[best], fits[best]
+        with tqdm(total=len(cs) if sweep == "full" else None, desc=desc, disable=None if progress else True, leave=False, unit="C") as bar:
+            scores, fits = _sweep(xtr[tr_t], train_y[tr_t], xtr[va_t], train_y[va_t], num_classes, cs, solver, seed,
+                                  sweep, stats, bar)
+        best = max(scores, key=lambda i: (scores[i], -cs[i]))
+        c, val_top1, start = cs[best], scores[best], fits.get(best)
     else:
         c = DEFAULT_C
     wd = weight_decay_for(c, len(xtr))
     if solver == "sgd":
         lin = _linear(*(t[0] for t in fit_logistic_sgd(xtr, train_y, num_classes, [wd], seed=seed)))
     else:  # the refit starts from the chosen C's fit on 80% of the same images
-        lin = fit_logistic(xtr, train_y, num_classes, wd, init=start)
+        lin = fit_logistic(xtr, train_y, num_classes, wd, init=start, stats=stats)
     with torch.no_grad():  # fold the standardisation into the head: W·(f − μ)/σ + b = (W/σ)·f + (b − W·μ/σ)
         head = _linear(lin.weight / sd, lin.bias - (lin.weight / sd) @ mu)
     return {"top1": _accuracy(lin, xte, test_y), "C": c, "weight_decay": wd, "val_top1": val_top1,
-            "solver": solver, "head": head}
+            "solver": solver, "head": head, "cost": stats}

@@ -132,6 +132,47 @@ def _quantized_lines(res: dict) -> list[str]:
         ["weights/activations", "kNN", "linear probe", "how"], rows)
 
 
+def _fewshot_headline(r: dict, setting: str):
+    entry = r.get("fewshot", {}).get(setting, {})
+    return entry.get("nearest_centroid", {}).get("mean")
+
+
+def _headlines(res: dict) -> list[tuple[str, object]]:
+    """(name, getter) of the numbers the floor line compares: kNN, linear probe, and one few-shot setting."""
+    out = [("kNN", lambda r: r.get("knn_top1")), ("linear probe", lambda r: r.get("linear_top1"))]
+    settings = [k for k, v in res.get("fewshot", {}).items() if "skipped" not in v]
+    if settings:  # the middle K: 1-shot is mostly noise, the largest K is closest to the linear probe
+        mid = settings[len(settings) // 2]
+        out.append((f"few-shot ({mid}, centroid)", lambda r, m=mid: _fewshot_headline(r, m)))
+    return out
+
+
+def _versus(diff: float, label: str) -> str:
+    return f"{abs(100 * diff):.1f} points {'above' if diff >= 0 else 'below'} {label}"
+
+
+def floor_line(res: dict) -> str | None:
+    """One line on what the numbers mean against the floors, e.g. "kNN: 2.1 points above raw pixels, ..."."""
+    floors = res.get("baselines")
+    if not floors:
+        return None
+    parts, below = [], []
+    for name, get in _headlines(res):
+        v = get(res)
+        if v is None:
+            continue
+        diffs = [(v - f, label) for key, label in (("raw_pixels", "raw pixels"), ("random_init", "random init"))
+                 if (f := get(floors.get(key, {}))) is not None]
+        if diffs:
+            parts.append(f"{name} {', '.join(_versus(d, label) for d, label in diffs)}")
+            if any(d < 0 for d, _ in diffs):
+                below.append(name)
+    if not parts:
+        return None
+    verdict = f"below a floor on {', '.join(below)}" if below else "above both floors on each"
+    return f"Against the floors: {'; '.join(parts)} — {verdict}."
+
+
 def format_report(res: dict) -> str:
     cols = _columns(res)
     labels = ("all labelled training images" if res["labels_per_class"] is None and res["label_fraction"] is None else
@@ -153,7 +194,11 @@ def format_report(res: dict) -> str:
         lines.insert(3, f"- **{incomplete_note(res).capitalize()}.**")
     if "baselines" not in res:
         lines += ["No baselines in this report (evaluated with --no-baselines).", ""]
+    elif res.get("floors_cached"):
+        lines += ["The raw-pixel and random-init columns come from the floor cache (same data, settings and seed).", ""]
     lines += _table(["protocol", "settings"] + [title for _, title, _ in cols], _accuracy_rows(res, cols))
+    if floor_line(res):
+        lines += ["", floor_line(res)]
     if "finetune_warmup_top1" in res.get("baselines", {}).get("random_init", {}):
         lines += ["", "A random backbone's BatchNorm running statistics are still at their initial values, so its frozen "
                       "(eval-mode) features, and the probe fitted to them, differ in scale from the train-mode features "
