@@ -91,3 +91,16 @@ def run_child(cfg: TrainConfig, patch: str = "", run: str = "T.train(cfg)", time
     p = start_child(cfg, patch, run)
     out, err = p.communicate(timeout=timeout)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+# Lines a run prints on stderr before it meets bad input: what it is about to do, and notes.
+_INFO_PREFIXES = ("leanssl: training ", "leanssl: resuming", "leanssl: note:", "leanssl: cache entry")
+
+
+def one_error_line(capsys_or_text) -> str:
+    """The one `leanssl: error: ...` line of a failed command (its start line and notes aside), no traceback."""
+    text = capsys_or_text if isinstance(capsys_or_text, str) else capsys_or_text.readouterr().err
+    assert "Traceback" not in text, text
+    err = [ln for ln in text.strip().splitlines() if not ln.startswith(_INFO_PREFIXES)]
+    assert len(err) == 1 and err[0].startswith("leanssl: error: "), text
+    return err[0]

@@ -19,12 +19,9 @@ from leanssl.methods.essl import ESSL
 from leanssl.train import load_checkpoint, train
 
 from .conftest import tiny_argv
+from .conftest import one_error_line
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("leanssl: error: "), err
-    return err[0]
 
 
 @pytest.mark.parametrize("on_nan", ["stop", "skip"])

@@ -23,13 +23,9 @@ from leanssl.export import read_metadata
 from leanssl.train import train
 
 from .conftest import tiny_argv
+from .conftest import one_error_line
 
 
-def one_error_line(capsys_or_text) -> str:
-    text = capsys_or_text if isinstance(capsys_or_text, str) else capsys_or_text.readouterr().err
-    err = [ln for ln in text.strip().splitlines() if not ln.startswith("leanssl: cache entry")]
-    assert len(err) == 1 and err[0].startswith("leanssl: error: "), text
-    return err[0]
 
 
 def run_with_file_size_limit(argv: list[str], limit: int) -> subprocess.CompletedProcess:

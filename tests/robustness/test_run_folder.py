@@ -15,12 +15,9 @@ from leanssl.runfolder import LOCK
 from leanssl.train import load_checkpoint, train
 
 from .conftest import start_child, tiny_argv
+from .conftest import one_error_line
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("leanssl: error: "), err
-    return err[0]
 
 
 def test_a_second_writer_is_refused_and_a_killed_runs_lock_is_gone(tiny_cfg, capsys):
