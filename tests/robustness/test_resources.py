@@ -17,6 +17,7 @@ from leanssl.methods.essl import ESSL
 from leanssl.train import load_checkpoint
 
 from .conftest import tiny_argv
+from .conftest import one_error_line
 
 OOMS = {
     "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
@@ -33,8 +34,7 @@ def test_out_of_memory_suggests_a_smaller_batch_size(kind, tiny_cfg, monkeypatch
 
     monkeypatch.setattr(ESSL, "training_step", step)
     assert main(tiny_argv(tiny_cfg())) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["leanssl: error: out of memory: try a smaller --batch-size (or a smaller --resolution / backbone)"]
+    assert [one_error_line(capsys)] == ["leanssl: error: out of memory: try a smaller --batch-size (or a smaller --resolution / backbone)"]
 
 
 def test_other_runtime_errors_are_not_disguised_as_out_of_memory(tiny_cfg, monkeypatch):
@@ -69,8 +69,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(where, tiny_cfg, m
     monkeypatch.setattr(torch, "save", save)
     monkeypatch.setattr(os, "replace", replace)
     assert main(tiny_argv(cfg, "--checkpoint-every", "3")) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"leanssl: error: cannot write checkpoint {ckpt}: No space left on device; "
+    assert [one_error_line(capsys)] == [f"leanssl: error: cannot write checkpoint {ckpt}: No space left on device; "
                    "the previous checkpoint is intact"]
     state = load_checkpoint(ckpt)
     assert (state["epoch"], state["step_in_epoch"]) == (0, 3)
@@ -84,6 +83,5 @@ def test_disk_full_elsewhere_is_one_line(tiny_cfg, monkeypatch, capsys):
     monkeypatch.setattr(train_module._Logger, "flush", flush)
     cfg = tiny_cfg()
     assert main(tiny_argv(cfg)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"leanssl: error: disk full writing {Path(cfg.out) / 'log.csv'}: No space left on device; "
+    assert [one_error_line(capsys)] == [f"leanssl: error: disk full writing {Path(cfg.out) / 'log.csv'}: No space left on device; "
                    "free space and run the command again"]
