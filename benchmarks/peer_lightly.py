@@ -65,7 +65,8 @@ from leanssl.data.sources import open_dataset, stratified_subset
 from leanssl.methods.base import DataInfo
 from leanssl.methods.common import SMALL_IMAGES
 from leanssl.models.backbones import build_backbone
-from leanssl.train import (TrainConfig, _steps_in_budget, atomic_save, load_checkpoint, lr_at, param_groups, peak_memory_mb,
+from leanssl.train.loop import _steps_in_budget
+from leanssl.train import (TrainConfig, atomic_save, load_checkpoint, lr_at, param_groups, peak_memory_mb,
                            resolve_device)
 
 ROOT = Path(__file__).resolve().parent

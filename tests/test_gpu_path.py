@@ -314,7 +314,7 @@ def test_cli_flags_reach_the_config():
 
 
 def test_a_bf16_divergence_suggests_fp32(tmp_path):
-    from leanssl.train import _diverged
+    from leanssl.train.loop import _diverged
 
     assert "--precision fp32" in str(_diverged("loss became nan", 3, 0, 0.1, "bf16", tmp_path / "checkpoint.pt"))
     assert "--precision" not in str(_diverged("loss became nan", 3, 0, 0.1, "fp32", tmp_path / "checkpoint.pt"))

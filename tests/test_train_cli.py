@@ -146,7 +146,7 @@ def test_time_budget_ends_the_run_and_anneals_the_schedule_by_time(tiny_npz, tmp
 
 
 def test_steps_in_budget_extrapolates_the_measured_rate():
-    from leanssl.train import _steps_in_budget
+    from leanssl.train.loop import _steps_in_budget
     # 10 steps took 2 s since step 5 (at 1 s spent); 9 s of a 10 s budget left at 0.2 s/step -> 45 more.
     assert _steps_in_budget(15, 3.0, (5, 1.0), 10.0, cap=1000) == 15 + int(7.0 * 10 / 2.0)
     assert _steps_in_budget(7, 3.0, (5, 1.0), 10.0, cap=1000) == 1000  # too few steps measured: the cap
@@ -169,7 +169,7 @@ def test_resumed_budget_run_continues_its_schedule(tiny_npz, tmp_path, monkeypat
 
     A fake clock (0.01 s per reading) makes the time schedule deterministic."""
     import itertools
-    import leanssl.train as tr
+    import leanssl.train.loop as tr
     ticks = itertools.count()
     monkeypatch.setattr(tr.time, "perf_counter", lambda: next(ticks) * 0.01)
     cfg = dict(epochs=100_000, time_budget=1.0, warmup_epochs=0.5)

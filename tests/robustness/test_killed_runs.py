@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from leanssl import train as train_module
+from leanssl.train import loop as train_module
 from leanssl.methods.essl import ESSL
-from leanssl.train import TrainingInterrupted, _GracefulStop, load_checkpoint, train
+from leanssl.train import TrainingInterrupted, load_checkpoint, train
+from leanssl.train.loop import _GracefulStop
 
 from .conftest import losses, run_child, start_child, tiny_argv
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from leanssl import train as train_module
+from leanssl.train import loop as train_module
 from leanssl.cli import main
 from leanssl.methods.essl import ESSL
 from leanssl.train import load_checkpoint
