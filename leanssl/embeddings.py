@@ -70,15 +70,13 @@ def _folder_paths(spec: str, ds) -> tuple[list[str], list[str]] | None:
     cache, and drop the files the build skipped. The cache key covers the scanned file list, so
     the two agree.
     """
-    from .data.sources import _locate
+    from .data.sources import locate
 
-    src = _locate(spec)
-    if src.kind != "folder":
+    files = locate(spec).files
+    if files is None:
         return None
-    plan = src.build.args[1]  # build = partial(_build_folder, path, plan)
     skipped = {p for p, _ in ds.skipped}
-    keep = lambda files: [f[0] for f in files if f[0] not in skipped]  # noqa: E731
-    return keep(plan["train"] + plan["extra"]), keep(plan["test"])
+    return tuple([f for f in split if f not in skipped] for split in files)
 
 
 def embed(model, data, split: str = "all", device: str = "auto", batch_size: int = 512, cache_dir=None,

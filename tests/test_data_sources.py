@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leanssl.data import sources
+from leanssl.data import images as image_files
+from leanssl.data.formats import idx
 from leanssl.data.cache import META
 from leanssl.data.sources import open_dataset, per_class_subset, stratified_subset
 from leanssl.errors import LeansslError
@@ -90,7 +91,7 @@ def test_idx_resized(tmp_path):
 
 @pytest.fixture(scope="module")
 def fashion(tmp_path_factory):
-    if not os.path.isdir(sources.FASHION_MNIST_DEFAULT):
+    if not os.path.isdir(idx.FASHION_MNIST_DEFAULT):
         pytest.skip("no Fashion-MNIST at the default path")
     cache = tmp_path_factory.mktemp("fm-cache")
     return cache, open_ds("fashion-mnist", cache)
@@ -103,7 +104,7 @@ def test_fashion_mnist_default_path(fashion, monkeypatch):
     assert np.bincount(ds.test.y).tolist() == [1000] * 10
     assert 0.27 < ds.mean[0] < 0.30 and 0.33 < ds.std[0] < 0.37
     # second open reuses the cache (no IDX parsing)
-    monkeypatch.setattr(sources, "_read_idx", lambda p: pytest.fail("rebuilt"))
+    monkeypatch.setattr(idx, "_read_idx", lambda p: pytest.fail("rebuilt"))
     assert open_ds("fashion-mnist", cache).cache_path == ds.cache_path
 
 
@@ -315,8 +316,8 @@ def test_npz_test_split_unlabeled_and_crop(tmp_path):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls = []
-    real = sources._decode_image
-    monkeypatch.setattr(sources, "_decode_image", lambda p, r: calls.append(p) or real(p, r))
+    real = image_files._decode_image
+    monkeypatch.setattr(image_files, "_decode_image", lambda p, r: calls.append(p) or real(p, r))
     return calls
 
 

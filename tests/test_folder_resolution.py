@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from leanssl.data.sources import FOLDER_MAX_RESOLUTION, open_dataset
+from leanssl.data.formats.folder import FOLDER_MAX_RESOLUTION
+from leanssl.data.sources import open_dataset
 
 
 def _folder(root, sizes):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from leanssl.cli import main
-from leanssl.data import sources
+from leanssl.data import images
 from leanssl.data.loader import DeviceLoader
 from leanssl.data.sources import open_dataset
 from leanssl.errors import LeansslError
@@ -205,13 +205,13 @@ def test_unreadable_file_and_folder_are_reported(tmp_path):
 def test_decode_failure_of_any_kind_does_not_escape_as_a_traceback(tmp_path, monkeypatch):
     # Whatever a decoder raises, the file is skipped with the reason: one bad file never ends the build.
     root = small_folder(tmp_path / "odd")
-    real = sources._to_rgb
+    real = images._to_rgb
 
     def boom(im):
         if im.size == (8, 8) and im.getpixel((0, 0)) == (1, 1, 1):
             raise ValueError("unexpected decoder state")
         return real(im)
 
-    monkeypatch.setattr(sources, "_to_rgb", boom)
+    monkeypatch.setattr(images, "_to_rgb", boom)
     ds = open_dataset(f"folder:{root}", RES, tmp_path / "cache", progress=False)
     assert [(os.path.basename(p), why) for p, why in ds.skipped] == [("ok1.png", "ValueError: unexpected decoder state")]

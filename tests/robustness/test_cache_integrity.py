@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leanssl.data import cache, sources
+from leanssl.data import cache, images
 from leanssl.data.cache import META
 from leanssl.data.sources import open_dataset
 
@@ -34,8 +34,8 @@ def folder(root: Path, n: int = 6) -> Path:
 def decodes(monkeypatch):
     """The files decoded so far (a cache hit decodes none)."""
     calls = []
-    real = sources._decode_image
-    monkeypatch.setattr(sources, "_decode_image", lambda p, r: calls.append(p) or real(p, r))
+    real = images._decode_image
+    monkeypatch.setattr(images, "_decode_image", lambda p, r: calls.append(p) or real(p, r))
     return calls
 
 
@@ -47,14 +47,14 @@ def test_a_build_killed_midway_is_never_used_and_is_cleaned_up(tmp_path, decodes
     imgs = folder(tmp_path / "imgs")
     child = f"""
 import os, signal
-from leanssl.data import sources
-real, calls = sources._decode_image, []
+from leanssl.data import images, sources
+real, calls = images._decode_image, []
 def dying(p, r):
     calls.append(p)
     if len(calls) == 4:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(p, r)
-sources._decode_image = dying
+images._decode_image = dying
 sources.open_dataset({str(imgs)!r}, 8, {str(tmp_path / 'cache')!r}, progress=False)
 """
     r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
