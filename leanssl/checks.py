@@ -53,10 +53,6 @@ AT_LEAST_1 = Range(1)
 FRACTION = Range(0, 1)  # a momentum, a probability
 
 
-def at_least(n: int) -> Range:
-    return Range(n)
-
-
 def checked(prefix: str = "", labels: dict | None = None, **ranges: Range | Choice):
     """Class decorator (put it *under* @dataclass): validate these fields on construction.
 

@@ -153,11 +153,6 @@ def _flops_key(c: Cell) -> tuple:
     return (c.method, c.backbone, c.fraction)
 
 
-def load_results(out: Path) -> dict:
-    path = out / "results.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def collect(plan: BenchPlan, failed: dict, info: dict) -> dict:
     """results.json and results.csv from the finished cells of this grid (in grid order)."""
     cells = []

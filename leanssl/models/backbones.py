@@ -66,10 +66,6 @@ _LOCAL = {
 }
 
 
-def available_backbones() -> list[str]:
-    return sorted(_LOCAL) + ["<any timm model name>"]
-
-
 def check_backbone_name(name: str) -> None:
     if name in _LOCAL or name in timm.list_models():
         return
