@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from leanssl.bank import MemoryBank
 from leanssl.data.loader import DeviceLoader

@@ -1,7 +1,6 @@
 """kNN and the linear probe on synthetic data with a known answer, and frozen feature extraction."""
 
 import numpy as np
-import pytest
 import torch
 
 from leanssl.eval.features import extract_features, pixel_features

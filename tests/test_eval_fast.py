@@ -3,14 +3,11 @@ the floor cache, and the report's line on the floors."""
 
 import json
 
-import numpy as np
-import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from leanssl.eval.evaluate import EvalSettings, evaluate
-from leanssl.eval.floors import floor_path
 from leanssl.eval.linear import C_GRID, _sweep_order, linear_probe
 from leanssl.eval.report import floor_line
 from leanssl.train import TrainConfig
