@@ -2,6 +2,8 @@
 
     python benchmarks/aug_speed.py [--threads 2] [--reps 15] [--quick]
 
+Needs the bench extra (kornia, torchvision): pip install -e ".[bench]".
+
 Prints markdown tables (machine, date and commit on top): the full view pipeline
 (RandomResizedCrop, ColorJitter p=0.8, RandomGrayscale 0.2, horizontal flip, normalise) by
 (1) leanssl's BatchAugment, (2) kornia.augmentation on the same batch, (3) torchvision.transforms.v2
