@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 
 from leanssl.data import images as image_files
-from leanssl.data.formats import idx
-from leanssl.data.cache import META
+from leanssl.data.arrays import write_arrays
+from leanssl.data.cache import META, file_fingerprint
+from leanssl.data.dataset import Source
+from leanssl.data.formats import READERS, Reader, idx
 from leanssl.data.sources import open_dataset, per_class_subset, stratified_subset
 from leanssl.errors import LeansslError
 
@@ -403,3 +405,25 @@ def test_spec_errors(tmp_path):
         open_ds("cifar10", tmp_path)
     with pytest.raises(LeansslError, match="positive integer"):
         open_ds("digits", tmp_path, resolution=0)
+
+
+def test_a_new_format_is_one_reader_in_the_table(tmp_path, monkeypatch):
+    # A toy format, one gray level per line of a text file, each a 4x4 image: a locate function and one table entry.
+    def locate(path):
+        def build(writer, res, strict, progress):
+            v = np.loadtxt(path, dtype=np.uint8, ndmin=1)
+            x = np.broadcast_to(v[:, None, None, None], (len(v), 1, 4, 4))
+            return write_arrays(writer, res, 1, None, progress, "toy", extra=x)
+
+        return Source("toy", "toy", path, file_fingerprint([path], os.path.dirname(path)), 4, build)
+
+    monkeypatch.setitem(READERS, "toy", Reader(locate))
+    (tmp_path / "levels.txt").write_text("0\n100\n200\n")
+    ds = open_ds(f"toy:{tmp_path / 'levels.txt'}", tmp_path / "cache")
+    assert ds.pretrain.x.shape == (3, 1, 4, 4) and ds.train is None
+    assert ds.pretrain.x[:, 0, 0, 0].tolist() == [0, 100, 200]
+    assert open_ds(f"toy:{tmp_path / 'levels.txt'}", tmp_path / "cache", resolution=2).pretrain.x.shape == (3, 1, 2, 2)
+    with pytest.raises(LeansslError, match="needs a path: toy:PATH"):
+        open_ds("toy", tmp_path / "cache")
+    with pytest.raises(LeansslError, match="npz:PATH, toy:PATH or an existing folder"):
+        open_ds("xyz", tmp_path / "cache")

@@ -17,8 +17,6 @@ from leanssl.errors import LeansslError
 __all__ = ["Split", "Dataset", "open_dataset", "stratified_subset", "per_class_subset",
            "held_out_test_split", "locate"]  # fmt: skip
 
-UNKNOWN_SPEC = "unknown data spec '{}': expected one of " + ", ".join(
-    r.usage(kind) for kind, r in READERS.items()) + " or an existing folder"  # fmt: skip
 
 
 def open_dataset(
@@ -63,7 +61,7 @@ def locate(spec: str) -> Source:
     directory (use ``folder:digits`` or ``./digits`` for that), except a kind that needs a path and
     was given none."""
     if not isinstance(spec, str) or not spec.strip():
-        raise LeansslError(UNKNOWN_SPEC.format(spec))
+        raise LeansslError(_unknown(spec))
     kind, sep, arg = spec.partition(":")
     kind = kind.strip().lower()
     reader = READERS.get(kind)
@@ -76,7 +74,12 @@ def locate(spec: str) -> Source:
     if reader is not None and reader.takes_path:
         raise LeansslError(f"data spec '{spec}' needs a path: {kind}:PATH")
     _not_a_folder(spec)
-    raise LeansslError(UNKNOWN_SPEC.format(spec))
+    raise LeansslError(_unknown(spec))
+
+
+def _unknown(spec) -> str:
+    usages = ", ".join(reader.usage(kind) for kind, reader in READERS.items())
+    return f"unknown data spec '{spec}': expected one of {usages} or an existing folder"
 
 
 def _not_a_folder(spec: str) -> None:
