@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from leanssl.runfolder import RunFolder
 
 ROOT = Path(__file__).resolve().parent
 
@@ -34,10 +35,9 @@ def commit_label() -> str:
     return git_commit() + ("+dirty" if r.stdout.strip() else "")
 
 
-def best_epoch_rate(run_dir: Path) -> float:
-    """images/s of the fastest epoch: on a shared machine, the epoch least slowed by other jobs."""
-    with open(run_dir / "epochs.csv") as f:
-        return max(float(r["images_per_s"]) for r in csv.DictReader(f))
+def best_epoch_rate(run_dir: Path) -> float | None:
+    """images/s of the run's fastest epoch: on a shared machine, the epoch least slowed by other jobs."""
+    return RunFolder(run_dir).best_epoch_rate()
 
 
 def train_and_eval(name: str, train_flags: list[str], run_dir: Path, data: str, device: str,
@@ -49,13 +49,14 @@ def train_and_eval(name: str, train_flags: list[str], run_dir: Path, data: str, 
     common = ["--cache-dir", cache_dir] if cache_dir else []
     train = [sys.executable, "-m", "leanssl.cli", "train", "--data", data, "--device", device, "--out", str(run_dir),
              "--no-progress", *train_flags, *common]
-    if (run_dir / "checkpoint.pt").exists():
+    run = RunFolder(run_dir)
+    if run.has_checkpoint():
         train.append("--resume")
     print(f"[{name}] {' '.join(train[2:])}", flush=True)
     load_before = os.getloadavg()[0]
     subprocess.run(train, check=True)
     load_after = os.getloadavg()[0]  # other work on a shared machine slows a row: keep the evidence
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run.summary()
     evals = {}
     for key, extra in label_sets:
         ev = subprocess.run([sys.executable, "-m", "leanssl.cli", "eval", str(run_dir), "--data", data, "--json",

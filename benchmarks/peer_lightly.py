@@ -23,7 +23,7 @@ What is held equal to ours (`leanssl train`): the data (a leanssl SPEC opened wi
 the same seeded stratified --fraction), the backbone (build_backbone), the batch size, epochs,
 the view recipes (crop scale, jitter strengths, grayscale, solarise), τ and EMA momentum, and the
 optimizer: SGD momentum 0.9, weight decay 5e-4 without decay on biases and norms, the method's
-default_lr per 256 images, linear warm-up then cosine (leanssl.train.lr_at, param_groups). On a
+default_lr per 256 images, linear warm-up then cosine (leanssl.train.schedule, param_groups). On a
 GPU the peer gets our bf16 autocast and channels_last too. What differs is the implementation:
 per-image PIL transforms in DataLoader workers, lightly's modules, one forward per view.
 
@@ -55,19 +55,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 
 from common import best_epoch_rate, commit_label, cpu_name, train_and_eval
 from leanssl import accel
 from leanssl.cli import parse_duration
 from leanssl.data.sources import open_dataset, stratified_subset
+from leanssl.device import peak_memory_mb, resolve_device
 from leanssl.methods.base import DataInfo
 from leanssl.methods.common import SMALL_IMAGES
 from leanssl.models.backbones import build_backbone
-from leanssl.train.loop import _steps_in_budget
-from leanssl.train import (TrainConfig, atomic_save, load_checkpoint, lr_at, param_groups, peak_memory_mb,
-                           resolve_device)
+from leanssl.runfolder import RunFolder, json_safe
+from leanssl.train import TrainConfig
+from leanssl.train.build import param_groups
+from leanssl.train.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parent
 PEER_METHODS = ("simclr", "byol")
@@ -217,42 +218,34 @@ def train_peer(a: argparse.Namespace) -> dict:
     cfg = TrainConfig(data=a.data, method=a.method, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size,
                       lr=a.lr, seed=a.seed, device=a.device, fraction=a.fraction, out=a.out, cache_dir=a.cache_dir,
                       progress=False, time_budget=a.budget, warmup_epochs=a.warmup_epochs)
-    base_lr = cfg.base_lr()  # our method's default_lr x batch/256, unless --lr
     ds = open_dataset(a.data, None, a.cache_dir, progress=False)
     x = ds.pretrain.x
     if a.fraction != 1.0:
         x = x[stratified_subset(ds.pretrain.y, len(x), a.fraction, a.seed)]
     info = DataInfo(len(x), ds.channels, ds.resolution, tuple(ds.mean), tuple(ds.std))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    resume = getattr(a, "resume", False) and ckpt_path.is_file()
+    folder = RunFolder(a.out)
+    resume = getattr(a, "resume", False) and folder.has_checkpoint()
     stop_at = getattr(a, "stop_at", None)
-    if not resume:
-        saved = asdict(cfg) | {"method": f"lightly-{a.method}", "lr": base_lr, "resolution": ds.resolution}
-        (out / "config.json").write_text(json.dumps(saved, indent=2))
-        (out / "data.json").write_text(json.dumps(asdict(info), indent=2))
-        (out / "epochs.csv").write_text("epoch,loss,seconds,images_per_s,peak_mem_mb\n")
+    if not resume:  # cfg.base_lr(): our method's default_lr x batch/256, unless --lr
+        folder.write_config(asdict(cfg) | {"method": f"lightly-{a.method}", "lr": cfg.base_lr(), "resolution": ds.resolution})
+        folder.write_data_info(asdict(info))
+        folder.start_epoch_log()
 
     model = prepare(build_peer(a.method, a.backbone, info), device)
-    opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=base_lr, momentum=cfg.momentum)
+    opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.base_lr(), momentum=cfg.momentum)
     workers = a.workers if a.workers is not None else default_workers(device)
     steps_per_epoch = len(x) // a.batch_size
-    cap = total_steps = steps_per_epoch * a.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
     p = dict(epoch=0, step_in_epoch=0, step=0, elapsed=0.0, epoch_seconds=0.0, images_seen=0, rate_from=None,
              epochs_done=0, last_loss=float("nan"))  # where the run is: what the checkpoint holds
     if resume:
-        state = load_checkpoint(ckpt_path)
+        state = folder.load_checkpoint()
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         p.update({k: state[k] for k in p})
         p["rate_from"] = tuple(p["rate_from"]) if p["rate_from"] else None
+    schedule = Schedule.of(cfg, steps_per_epoch, p["rate_from"])  # as leanssl train's, --budget's estimate included
 
-    def save() -> None:
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), **p}, ckpt_path)
-
-    budget_spent = a.budget is not None and p["elapsed"] >= a.budget
+    budget_spent = schedule.out_of_time(p["elapsed"])
     paused = not budget_spent and resume and stop_at is not None and p["elapsed"] + p["epoch_seconds"] >= stop_at
     model.train()
     while p["epoch"] < a.epochs and not (budget_spent or paused):
@@ -261,16 +254,14 @@ def train_peer(a: argparse.Namespace) -> dict:
         for views, _ in peer_loader(x, a.method, info, a.batch_size, workers, device, a.seed + p["epoch"],
                                     order[first * a.batch_size:]):
             spent = p["elapsed"] + p["epoch_seconds"] + time.perf_counter() - t_epoch
-            if a.budget is not None:  # as leanssl.train: the schedule follows the steps the budget will hold
-                if spent >= a.budget:
-                    budget_spent = True
-                    break
-                p["rate_from"] = p["rate_from"] or (p["step"], spent)
-                total_steps = _steps_in_budget(p["step"], spent, p["rate_from"], a.budget, cap)
-                warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total_steps // 10)
+            if schedule.out_of_time(spent):
+                budget_spent = True
+                break
+            schedule.advance(p["step"], spent)
+            p["rate_from"] = schedule.rate_from
             for g in opt.param_groups:
-                g["lr"] = lr_at(p["step"], total_steps, warmup, base_lr)
-            losses.append(peer_step(model, opt, views, device, p["step"], total_steps).detach())
+                g["lr"] = schedule.lr(p["step"])
+            losses.append(peer_step(model, opt, views, device, p["step"], schedule.total_steps).detach())
             p["step"], p["step_in_epoch"] = p["step"] + 1, p["step_in_epoch"] + 1
             p["images_seen"] += a.batch_size
             if stop_at is not None and spent >= stop_at and p["step_in_epoch"] < steps_per_epoch:
@@ -285,22 +276,21 @@ def train_peer(a: argparse.Namespace) -> dict:
         steps_in_epoch = p["step_in_epoch"] - first
         p["last_loss"] = float(torch.stack(losses).float().mean()) if losses else float("nan")
         rate = steps_in_epoch * a.batch_size / max(seconds, 1e-9)
-        with open(out / "epochs.csv", "a") as f:
-            f.write(f"{p['epoch'] + 1},{p['last_loss']:.6f},{seconds:.3f},{rate:.1f},{peak_memory_mb(device):.1f}\n")
+        folder.append_epoch(p["epoch"] + 1, p["last_loss"], seconds, rate, peak_memory_mb(device))
         print(f"lightly-{a.method} epoch {p['epoch'] + 1}: loss {p['last_loss']:.4f}  {rate:.0f} img/s  {seconds:.1f}s",
               flush=True)
         if p["step_in_epoch"]:
             p["epochs_done"] = p["epoch"] + 1
         p.update(epoch=p["epoch"] + 1, step_in_epoch=0, epoch_seconds=0.0)
-        if budget_spent or (a.budget is not None and p["elapsed"] >= a.budget):
+        if budget_spent or schedule.out_of_time(p["elapsed"]):
             budget_spent = True
         elif stop_at is not None and p["elapsed"] >= stop_at:
             paused = True
 
     complete = not paused
-    save()
+    folder.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), **p})
     if complete:
-        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(out / "backbone.safetensors"))
+        folder.write_backbone(model.backbone)
     clock = p["elapsed"] + p["epoch_seconds"]
     summary = {"method": f"lightly-{a.method}", "backbone": a.backbone, "data": a.data, "fraction": a.fraction,
                "train_images": len(x), "epochs_done": p["epochs_done"], "steps_done": p["step"], "epochs": a.epochs,
@@ -309,7 +299,7 @@ def train_peer(a: argparse.Namespace) -> dict:
                "images_per_s": p["images_seen"] / clock if clock else None,
                "peak_mem_mb": peak_memory_mb(device), "device": str(device), "workers": workers,
                "torch_threads": torch.get_num_threads()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    folder.write_summary(json_safe(summary))
     return summary
 
 
@@ -342,7 +332,7 @@ def run_row(impl: str, method: str, a: argparse.Namespace, run_dir: Path) -> dic
             ev = subprocess.run([sys.executable, "-m", "leanssl.cli", "eval", str(run_dir), "--data", a.data, "--json",
                                  "--device", a.device, *extra, *common], check=True, capture_output=True, text=True)
             evals[key] = json.loads(ev.stdout.strip().splitlines()[-1])
-        row = {"name": f"lightly {method}", "flags": flags, "train": json.loads((run_dir / "summary.json").read_text()),
+        row = {"name": f"lightly {method}", "flags": flags, "train": RunFolder(run_dir).summary(),
                "eval": evals, "loadavg": [load_before, load_after], "best_epoch_images_per_s": best_epoch_rate(run_dir)}
     return row | {"impl": impl, "method": method, "commit": commit_label()}
 

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from leanssl.data.sources import open_dataset
-from leanssl.eval.evaluate import load_backbone
+from leanssl.export import load_run_backbone
 from leanssl.eval.features import extract_features, pixel_features
 from leanssl.eval.linear import linear_probe
 from leanssl.models.backbones import build_backbone
 
 
 def feature_sets(run_dir, data, cache_dir, seed, wanted):
-    backbone, cfg, info = load_backbone(run_dir)
+    backbone, cfg, info = load_run_backbone(run_dir)
     ds = open_dataset(data, info["resolution"], cache_dir, progress=False)
     torch.manual_seed(seed)
     rand = build_backbone(cfg.backbone, info["channels"], info["resolution"])

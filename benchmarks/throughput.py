@@ -53,7 +53,10 @@ from leanssl import accel
 from leanssl.data.loader import DeviceLoader
 from leanssl.methods import METHODS, get_method
 from leanssl.methods.base import DataInfo
-from leanssl.train import TrainConfig, build_method, lr_at, param_groups, resolve_device
+from leanssl.device import resolve_device
+from leanssl.train import TrainConfig
+from leanssl.train.build import build_method, param_groups
+from leanssl.train.schedule import lr_at
 
 ROOT = Path(__file__).resolve().parent
 PROFILES = {  # per device type: data shape, images, backbone, batch, rounds, timed steps and warm-up steps per window

@@ -53,7 +53,10 @@ from leanssl.eval.features import extract_features, pixel_features  # noqa: E402
 from leanssl.eval.knn import knn_top1  # noqa: E402
 from leanssl.eval.linear import c_grid, linear_probe  # noqa: E402
 from leanssl.methods import METHODS  # noqa: E402
-from leanssl.train import TrainConfig, resolve_device, train  # noqa: E402
+from leanssl.device import resolve_device  # noqa: E402
+from leanssl.export import load_run_backbone  # noqa: E402
+from leanssl.runfolder import RunFolder  # noqa: E402
+from leanssl.train import TrainConfig, train  # noqa: E402
 
 DEFAULT_ARMS = "essl,simclr,byol,mocov2,lightly-simclr,essl:resolution=20"
 # Fixed kNN targets beside the raw-pixel one (issue 14's, for Fashion-MNIST); --targets overrides.
@@ -129,9 +132,7 @@ class Scorer:
         self.classes = int(max(self.ytr.max(), self.yte.max())) + 1
 
     def features(self, run: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        from leanssl.eval.evaluate import load_backbone
-
-        net, _, info = load_backbone(run)  # the checkpoint's backbone mid-run, the final export at the end
+        net, _, info = load_run_backbone(run)  # the checkpoint's backbone mid-run, the final export at the end
         net = net.to(self.device, memory_format=torch.channels_last)
         size = info["resolution"] if self.at == "run" else self.ds.resolution
         if size not in self.by_size:  # the same images in the same order, decoded at the run's size
@@ -159,7 +160,7 @@ def _subset(y, n: int | None, seed: int) -> np.ndarray:
 
 def train_slice(arm: Arm, a: Namespace, run: Path, stop_at: float) -> dict:
     """Train `arm` until its clock passes `stop_at` (or its budget ends); returns the run's summary."""
-    resume = (run / "checkpoint.pt").exists()
+    resume = RunFolder(run).has_checkpoint()
     if arm.peer:
         import peer_lightly
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .eval.evaluate import evaluate
+from .runfolder import RunFolder
 from .train import TrainConfig, train
 
 DEMO_EPOCHS = 60
@@ -30,7 +31,7 @@ def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> dict
     run = out / ("run" if epochs == DEMO_EPOCHS else f"run-{epochs}ep")
     cfg = TrainConfig(data="digits", method="essl", backbone="small_cnn", epochs=epochs,
                       batch_size=128, out=str(run), device=device)
-    resume = (run / "checkpoint.pt").exists()
+    resume = RunFolder(run).has_checkpoint()
     plural = "epoch" if epochs == 1 else "epochs"
     doing = "continuing (or reusing) the earlier demo run" if resume else "pretraining"
     print(f"leanssl demo: {doing}: essl ({cfg.backbone}) on scikit-learn digits for {epochs} {plural} -> {run}")
@@ -45,7 +46,7 @@ def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> dict
         "# leanssl demo: essl on scikit-learn digits",
         "",
         f"Pretraining: `essl`, backbone `{cfg.backbone}`, {summary['epochs_done']} epochs on {summary['train_images']} "
-        f"unlabelled training images at {json.loads((run / 'data.json').read_text())['resolution']} px; "
+        f"unlabelled training images at {RunFolder(run).data_info()['resolution']} px; "
         f"{summary['train_seconds']:.0f} s, {summary['images_per_s']:.0f} images/s, peak memory {summary['peak_mem_mb']:.0f} MB "
         f"on {summary['device']}.",
         f"Test split: {full['test_images']} images. kNN: cosine, k={full['knn_k']} (capped at the number of labelled images), "

@@ -15,10 +15,11 @@ What the rest of leanssl gets from here:
   from the epoch's generator (in the same state on every rank), and each rank keeps its rows; so a G-process run draws exactly
   what one process draws at the same global batch, and the replicated state (bank, queue) stays equal;
 - `DistContext`: the group, `on_main` (rank 0 does it, every rank gets the result or its error),
-  `agree` (one clock and one stop signal for all ranks), `check_replicas`, and the group's timeout:
-  a collective that waits longer than `--dist-timeout` for a rank (dead, or hung) raises, and
-  `peer_failure` turns that into one line;
-- `convert_sync_batchnorm` (--sync-bn) and `wrap` (DistributedDataParallel around a Method).
+  `agree` (one clock and one stop signal for all ranks), `check_replicas`, `wrap`
+  (DistributedDataParallel around a Method), and the group's timeout: a collective that waits
+  longer than `--dist-timeout` for a rank (dead, or hung) raises, and `peer_failure` turns that
+  into one line; `SingleProcess`, its stand-in in one process (what `init_from_env` returns there);
+- `convert_sync_batchnorm` (--sync-bn).
 """
 
 from __future__ import annotations
@@ -270,9 +271,81 @@ class DistContext:
                 raise LeansslError(f"rank {r}'s copy of '{name}' differs from rank 0's: the replicas diverged "
                                    "(a bug in leanssl's distributed code; please report it with the command line)")
 
+    def signal_now(self, mine: int, agreed: int) -> int:
+        """The stop signal to act on: the one the ranks last agreed on (one that reached a rank since then
+        is agreed at the next step's start, so every rank stops after the same step)."""
+        return agreed
+
+    def wrap(self, method: nn.Module) -> nn.Module:
+        """DistributedDataParallel around a Method (whose `forward` is its training_step).
+
+        DDP fits the Method structure once `forward` is `training_step`: the bank, queues and teachers
+        are buffers or frozen modules that DDP leaves alone, and it overlaps the gradient all-reduce with
+        the backward pass (bucket by bucket), which an all-reduce after `backward()` could not.
+        - gradients are averaged over ranks in buckets during the backward pass; each rank's loss is the
+          mean over its rows, so the average is the gradient of the global batch's mean loss;
+        - broadcast_buffers=False: DDP would otherwise copy every buffer of rank 0 to the others before
+          each forward, the memory bank and queues included (a 1.28M-row bank: 655 MB per step); those are
+          kept equal by the methods' own all-gathers instead;
+        - find_unused_parameters only for methods that freeze a layer for a while (SwAV's prototypes,
+          DINO's last layer in epoch 1): it costs a walk of the graph per step.
+        """
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Newer torch names the per-forward buffer copy forward_sync_buffers (buffers are still synced once at start).
+        no_copy = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+            else "broadcast_buffers"
+        return DistributedDataParallel(method, device_ids=ids, find_unused_parameters=getattr(method, "ddp_find_unused", False),
+                                       **{no_copy: False})
+
+    def sharded(self, batch: tuple) -> contextlib.AbstractContextManager:
+        """The step's context: this rank's share of the global batch (batch[2]), whose indices the method
+        may need (bank columns)."""
+        return sharded(BatchShard(self.rank, self.world, batch[2]))
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass
+class SingleProcess:
+    """DistContext's stand-in in one process (rank 0 of 1), so the loop reads the same either way: every
+    decision is this process's own, and nothing is wrapped, gathered or waited for."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    is_main: bool = True
+
+    def on_main(self, fn):
+        return fn()
+
+    def main_first(self, fn):
+        return fn()
+
+    def agree(self, signum: int, seconds: float) -> tuple[int, float]:
+        return signum, seconds
+
+    def signal_now(self, mine: int, agreed: int) -> int:
+        """The signal received so far: in one process it is acted on after the step it arrived in."""
+        return mine
+
+    def check_replicas(self, module: nn.Module) -> None:
+        pass
+
+    def wrap(self, method: nn.Module) -> nn.Module:
+        return method
+
+    def sharded(self, batch: tuple) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        pass
 
 
 def launched() -> bool:
@@ -280,15 +353,15 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_from_env(device: torch.device, timeout: float) -> DistContext | None:
-    """Join the torchrun job this process belongs to; None in one process.
+def init_from_env(device: torch.device, timeout: float) -> DistContext | SingleProcess:
+    """Join the torchrun job this process belongs to; in one process, its SingleProcess stand-in.
 
     `device` is the resolved --device: on CUDA each process takes GPU LOCAL_RANK and the group
     uses NCCL, on CPU Gloo. A collective that waits more than `timeout` seconds raises (Gloo), or
     NCCL's watchdog ends the process; either way no rank hangs on a dead one.
     """
     if not launched():
-        return None
+        return SingleProcess(device)
     try:
         world, rank_, local = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
     except (KeyError, ValueError) as e:
@@ -325,9 +398,9 @@ def is_peer_failure(e: BaseException) -> bool:
         "ProcessGroup", "Broken pipe"))
 
 
-def peer_failure(e: BaseException, ctx: DistContext, out: Path) -> LeansslError:
-    """The one-line error a surviving rank exits with."""
-    kept = f"the last checkpoint in {out} is intact (continue with --resume)" if (out / "checkpoint.pt").exists() \
+def peer_failure(e: BaseException, ctx: DistContext, checkpoint: Path) -> LeansslError:
+    """The one-line error a surviving rank exits with (`checkpoint`: the run's checkpoint file)."""
+    kept = f"the last checkpoint in {checkpoint.parent} is intact (continue with --resume)" if checkpoint.exists() \
         else "no checkpoint had been written yet"
     return LeansslError(f"rank {ctx.rank} of {ctx.world}: lost another rank ({_first_line(e)}): a process died, or "
                         f"hung past --dist-timeout {ctx.timeout:g} s (its own output says why); {kept}")
@@ -341,7 +414,7 @@ def _first_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# BatchNorm across ranks, and the DDP wrapper
+# BatchNorm across ranks
 
 
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -393,29 +466,3 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     for name, child in module.named_children():
         module.add_module(name, convert_sync_batchnorm(child, device))
     return module
-
-
-def wrap(method: nn.Module, ctx: DistContext) -> nn.Module:
-    """DistributedDataParallel around a Method (whose `forward` is its training_step).
-
-    DDP fits the Method structure once `forward` is `training_step`: the bank, queues and teachers
-    are buffers or frozen modules that DDP leaves alone, and it overlaps the gradient all-reduce with
-    the backward pass (bucket by bucket), which an all-reduce after `backward()` could not.
-    - gradients are averaged over ranks in buckets during the backward pass; each rank's loss is the
-      mean over its rows, so the average is the gradient of the global batch's mean loss;
-    - broadcast_buffers=False: DDP would otherwise copy every buffer of rank 0 to the others before
-      each forward, the memory bank and queues included (a 1.28M-row bank: 655 MB per step); those are
-      kept equal by the methods' own all-gathers instead;
-    - find_unused_parameters only for methods that freeze a layer for a while (SwAV's prototypes,
-      DINO's last layer in epoch 1): it costs a walk of the graph per step.
-    """
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    # Newer torch names the per-forward buffer copy forward_sync_buffers (buffers are still synced once at start).
-    no_copy = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
-        else "broadcast_buffers"
-    return DistributedDataParallel(method, device_ids=ids, find_unused_parameters=getattr(method, "ddp_find_unused", False),
-                                   **{no_copy: False})

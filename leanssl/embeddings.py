@@ -92,7 +92,7 @@ def embed(model, data, split: str = "all", device: str = "auto", batch_size: int
     from .data.sources import open_dataset
     from .eval.features import extract_features
     from .export import load_backbone, read_metadata
-    from .train import resolve_device
+    from .device import resolve_device
 
     if split not in SPLITS:
         raise LeansslError(f"unknown split '{split}': choose from {', '.join(SPLITS)}")

@@ -27,7 +27,9 @@ from torch import nn
 from . import installed_version as _version
 from .checks import check_finite
 from .errors import LeansslError
-from .runfolder import check_input_contract, read_data_info, read_json
+from .models.backbones import build_backbone
+from .runfolder import RunFolder, check_input_contract, read_json
+from .train.config import TrainConfig, load_run_config
 
 FORMATS = ("safetensors", "timm", "torchscript", "onnx")
 META_KEY = "leanssl"  # key of the metadata inside a safetensors header
@@ -48,16 +50,13 @@ def write_safetensors(state: dict, path, metadata: dict | None = None) -> None:
 
 def run_metadata(run_dir) -> dict:
     """What a user of the run's backbone needs to know, read from the run folder (no weights loaded)."""
-    from .train import load_checkpoint, load_run_config
-
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    info = read_data_info(run_dir)
-    final = (run_dir / "backbone.safetensors").is_file()
+    folder = RunFolder(run_dir)
+    cfg = load_run_config(folder.path)
+    info = folder.data_info()
+    final = folder.has_backbone()
     epoch = cfg.epochs
-    if not final:  # load_backbone falls back to the last checkpoint: report its epoch
-        ckpt = run_dir / "checkpoint.pt"
-        epoch = load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
+    if not final:  # load_run_backbone falls back to the last checkpoint: report its epoch
+        epoch = folder.load_checkpoint()["epoch"] if folder.has_checkpoint() else 0
     c, r = info["channels"], info["resolution"]
     return {"architecture": cfg.backbone, "input_size": [c, r, r], "channels": c, "resolution": r,
             "mean": list(info["mean"]), "std": list(info["std"]),
@@ -66,14 +65,10 @@ def run_metadata(run_dir) -> dict:
             "leanssl_version": _version()}
 
 
-def _is_run(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "data.json").is_file()
-
-
 def read_metadata(path) -> dict:
     """Metadata of a run folder, an exported timm folder or an exported file."""
     path = Path(path)
-    if _is_run(path):
+    if RunFolder(path).is_run():
         return run_metadata(path)
     if (path / TIMM_META).is_file():
         return _check_export_meta(read_json(path / TIMM_META), path / TIMM_META)
@@ -105,6 +100,25 @@ def _check_export_meta(meta, where) -> dict:
     return meta
 
 
+def load_run_backbone(run_dir) -> tuple[nn.Module, TrainConfig, dict]:
+    """A run folder's trained backbone (the final one, else the last checkpoint's), its config and data info."""
+    folder = RunFolder(run_dir)
+    cfg = load_run_config(folder.path)
+    info = folder.data_info()
+    backbone = build_backbone(cfg.backbone, info["channels"], info["resolution"])
+    weights, source = folder.backbone_weights()
+    misfit = f"the weights in {source} do not fit backbone {cfg.backbone}"
+    try:
+        missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes of another architecture
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), type(e).__name__)
+        raise LeansslError(f"{misfit}: {detail}") from None
+    if missing or unexpected:
+        raise LeansslError(f"{misfit}: {len(missing)} missing tensor(s) (e.g. {', '.join(missing[:2]) or '-'}), "
+                           f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'})")
+    return backbone, cfg, info
+
+
 def load_backbone(path, device="cpu") -> nn.Module:
     """A trained backbone in eval mode from a run folder, an exported .safetensors file or timm folder.
 
@@ -113,12 +127,9 @@ def load_backbone(path, device="cpu") -> nn.Module:
     """
     from safetensors.torch import load_file
 
-    from .eval.evaluate import load_backbone as load_run_backbone
-    from .models.backbones import build_backbone
-
     path = Path(path)
     meta = read_metadata(path)
-    if _is_run(path):
+    if RunFolder(path).is_run():
         model = load_run_backbone(path)[0]
     else:
         weights = path / "model.safetensors" if path.is_dir() else path

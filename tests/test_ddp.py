@@ -40,7 +40,8 @@ import torch
 from leanssl import distributed
 from leanssl.data.augment import AugConfig, BatchAugment
 from leanssl.data.loader import DeviceLoader
-from leanssl.train import TrainConfig, load_checkpoint, train
+from leanssl.runfolder import load_checkpoint
+from leanssl.train import TrainConfig, train
 
 TINY = {"essl": {"dim": 16, "proj_hidden": 32, "negatives": 20, "cutmix_alpha": 0.0},
         "byol": {"dim": 8, "proj_hidden": 16},
@@ -128,7 +129,7 @@ def _moved(state: dict, method: str, npz, tmp: Path) -> dict:
     """How far training moved each float tensor from its initial value (same seed, same build)."""
     from leanssl.data.sources import open_dataset
     from leanssl.methods.base import DataInfo
-    from leanssl.train import build_method
+    from leanssl.train.build import build_method
 
     cfg = _cfg(npz, tmp, method)
     ds = open_dataset(cfg.data, None, cfg.cache_dir, progress=False)

@@ -107,9 +107,9 @@ def test_budget_start_line_says_seconds(tiny_npz, tmp_path, capsys):
 
 
 def test_summary_json_is_strict_json():
-    from leanssl.train.loop import _json_safe
+    from leanssl.runfolder import json_safe
 
-    s = _json_safe({"final_loss": float("nan"), "peak": float("inf"), "n": 3, "x": 0.5})
+    s = json_safe({"final_loss": float("nan"), "peak": float("inf"), "n": 3, "x": 0.5})
     assert json.loads(json.dumps(s, allow_nan=False)) == {"final_loss": None, "peak": None, "n": 3, "x": 0.5}
 
 

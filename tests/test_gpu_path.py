@@ -22,7 +22,7 @@ from leanssl.errors import LeansslError
 from leanssl.methods import METHODS, get_method
 from leanssl.methods.base import DataInfo
 from leanssl.models.backbones import SmallCNN
-from leanssl.train import param_groups
+from leanssl.train.build import param_groups
 from test_methods_baselines import TINY as TINY_BASELINES
 
 # simreg distils a teacher run from disk; the self-supervised methods build from a config alone
@@ -314,10 +314,10 @@ def test_cli_flags_reach_the_config():
 
 
 def test_a_bf16_divergence_suggests_fp32(tmp_path):
-    from leanssl.train.loop import _diverged
+    from leanssl.train.divergence import diverged
 
-    assert "--precision fp32" in str(_diverged("loss became nan", 3, 0, 0.1, "bf16", tmp_path / "checkpoint.pt"))
-    assert "--precision" not in str(_diverged("loss became nan", 3, 0, 0.1, "fp32", tmp_path / "checkpoint.pt"))
+    assert "--precision fp32" in str(diverged("loss became nan", 3, 0, 0.1, "bf16", tmp_path / "checkpoint.pt"))
+    assert "--precision" not in str(diverged("loss became nan", 3, 0, 0.1, "fp32", tmp_path / "checkpoint.pt"))
 
 
 class HostToDevice(TorchDispatchMode):

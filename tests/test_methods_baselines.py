@@ -25,7 +25,8 @@ from leanssl.methods.simsiam import neg_cosine
 from leanssl.methods.swav import sinkhorn, swav_loss
 from leanssl.methods.twist import twist_loss
 from leanssl.models.backbones import SmallCNN
-from leanssl.train import TrainConfig, param_groups, train
+from leanssl.train import TrainConfig, train
+from leanssl.train.build import param_groups
 
 BASELINES = ("simclr", "mocov2", "byol", "simsiam", "swav", "barlow", "dino", "twist")
 

@@ -12,7 +12,8 @@ from leanssl.methods import get_method
 from leanssl.methods.base import DataInfo
 from leanssl.methods.essl import ESSL, cutmix
 from leanssl.models.backbones import SmallCNN
-from leanssl.train import lr_at, param_groups
+from leanssl.train.build import param_groups
+from leanssl.train.schedule import lr_at
 
 
 def _authors_kept_area(rng: np.random.Generator, alpha: float, h: int, w: int) -> float:

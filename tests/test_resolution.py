@@ -8,7 +8,8 @@ import torch
 
 from leanssl.data.sources import open_dataset
 from leanssl.errors import LeansslError
-from leanssl.eval.evaluate import evaluate, load_backbone
+from leanssl.eval.evaluate import evaluate
+from leanssl.export import load_run_backbone
 from leanssl.eval.knn import knn_top1
 from leanssl.train import TrainConfig, train
 
@@ -37,7 +38,7 @@ def test_eval_at_native_resolution_decodes_at_the_datas_size(tiny_npz, tmp_path)
     native = evaluate(run, f"npz:{tiny_npz}", resolution="native", **kw)
     assert (small["resolution"], native["resolution"], native["train_resolution"]) == (8, 12, 8)
     # Reference: the 12-px images through the backbone, normalised with the run's statistics, then kNN.
-    net, _, info = load_backbone(run)
+    net, _, info = load_run_backbone(run)
     ds = open_dataset(f"npz:{tiny_npz}", None, str(tmp_path / "cache"), progress=False)
     ftr, fte = (_features_by_hand(net, s.x, info["mean"], info["std"]) for s in (ds.train, ds.test))
     ytr, yte = (torch.from_numpy(np.asarray(s.y, dtype=np.int64)) for s in (ds.train, ds.test))

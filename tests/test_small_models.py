@@ -13,7 +13,8 @@ from leanssl.eval.features import to_model_input
 from leanssl.methods.base import DataInfo
 from leanssl.methods.simreg import SimReg, SimregConfig, regression_loss
 from leanssl.models.backbones import build_backbone
-from leanssl.train import TrainConfig, load_checkpoint, train
+from leanssl.runfolder import load_checkpoint
+from leanssl.train import TrainConfig, train
 
 TINY_ESSL = {"dim": 16, "proj_hidden": 32, "negatives": 20}
 

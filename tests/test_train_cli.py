@@ -47,6 +47,31 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_npz, tmp_path):
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
 
 
+def test_callbacks_see_the_setup_every_step_and_every_epoch_and_change_nothing(tiny_npz, tmp_path):
+    from leanssl.train import Callback
+
+    class Record(Callback):
+        def __init__(self):
+            self.calls = []
+
+        def on_setup(self, run):
+            self.calls.append(("setup", run.resumed, run.steps_done))
+
+        def on_step_end(self, run):
+            self.calls.append(("step", run.steps_done))
+
+        def on_epoch_end(self, run):
+            self.calls.append(("epoch", run.state.epoch))
+
+    train(_cfg(tiny_npz, tmp_path / "a", epochs=2))
+    first, again = Record(), Record()
+    train(_cfg(tiny_npz, tmp_path / "b", epochs=2, stop_after=1), callbacks=[first])
+    train(_cfg(tiny_npz, tmp_path / "b", epochs=2), resume=True, callbacks=[again])
+    assert first.calls == [("setup", False, 0)] + [("step", s) for s in range(1, 7)] + [("epoch", 1)]
+    assert again.calls == [("setup", True, 6)] + [("step", s) for s in range(7, 13)] + [("epoch", 2)]
+    assert _losses(tmp_path / "b" / "run") == _losses(tmp_path / "a" / "run")
+
+
 def test_resume_refuses_a_different_run_and_fresh_start_refuses_overwrite(tiny_npz, tmp_path):
     train(_cfg(tiny_npz, tmp_path, stop_after=1))
     with pytest.raises(LeansslError, match="already holds a run"):
@@ -146,11 +171,15 @@ def test_time_budget_ends_the_run_and_anneals_the_schedule_by_time(tiny_npz, tmp
 
 
 def test_steps_in_budget_extrapolates_the_measured_rate():
-    from leanssl.train.loop import _steps_in_budget
+    from leanssl.train.schedule import Schedule
+
+    def steps(step, spent, budget, cap):  # cap = 10 epochs of cap / 10 steps
+        return Schedule(0.1, cap // 10, 10, 2.0, time_budget=budget, rate_from=(5, 1.0)).steps_in_budget(step, spent)
+
     # 10 steps took 2 s since step 5 (at 1 s spent); 9 s of a 10 s budget left at 0.2 s/step -> 45 more.
-    assert _steps_in_budget(15, 3.0, (5, 1.0), 10.0, cap=1000) == 15 + int(7.0 * 10 / 2.0)
-    assert _steps_in_budget(7, 3.0, (5, 1.0), 10.0, cap=1000) == 1000  # too few steps measured: the cap
-    assert _steps_in_budget(500, 3.0, (5, 1.0), 1e6, cap=800) == 800
+    assert steps(15, 3.0, 10.0, cap=1000) == 15 + int(7.0 * 10 / 2.0)
+    assert steps(7, 3.0, 10.0, cap=1000) == 1000  # too few steps measured: the cap
+    assert steps(500, 3.0, 1e6, cap=800) == 800
 
 
 def test_budget_parsing_and_per_method_default_lr():
@@ -164,21 +193,20 @@ def test_budget_parsing_and_per_method_default_lr():
     assert TrainConfig(method="simsiam", batch_size=256, lr=0.2).base_lr() == 0.2  # --lr wins
 
 
-def test_resumed_budget_run_continues_its_schedule(tiny_npz, tmp_path, monkeypatch):
+def test_resumed_budget_run_continues_its_schedule(tiny_npz, tmp_path):
     """A budget run stopped half-way and resumed keeps annealing: it does not restart near the peak lr.
 
     A fake clock (0.01 s per reading) makes the time schedule deterministic."""
     import itertools
-    import leanssl.train.loop as tr
     ticks = itertools.count()
-    monkeypatch.setattr(tr.time, "perf_counter", lambda: next(ticks) * 0.01)
+    clock = lambda: next(ticks) * 0.01  # noqa: E731
     cfg = dict(epochs=100_000, time_budget=1.0, warmup_epochs=0.5)
-    first = train(_cfg(tiny_npz, tmp_path, stop_after=5, **cfg))
+    first = train(_cfg(tiny_npz, tmp_path, stop_after=5, **cfg), clock=clock)
     assert not first["complete"] and 0.2 < first["train_seconds"] < 0.8
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["rate_from"] is not None and state["peak_mem_mb"] > 0
     n_before = len(_losses(tmp_path / "run"))
-    done = train(_cfg(tiny_npz, tmp_path, **cfg), resume=True)
+    done = train(_cfg(tiny_npz, tmp_path, **cfg), resume=True, clock=clock)
     assert done["complete"] and done["peak_mem_mb"] >= state["peak_mem_mb"]
     with open(tmp_path / "run" / "log.csv") as f:
         lrs = [float(r["lr"]) for r in csv.DictReader(f)]

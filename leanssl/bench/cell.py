@@ -35,8 +35,10 @@ from ..eval.features import extract_features, pixel_features
 from ..eval.fewshot import FewShotConfig, fewshot_eval
 from ..eval.knn import knn_top1
 from ..eval.linear import c_grid, linear_probe
+from ..device import resolve_device
+from ..export import load_run_backbone
 from ..models.backbones import build_backbone
-from ..train import TrainConfig, TrainingInterrupted, resolve_device, train
+from ..train import TrainConfig, TrainingInterrupted, train
 from .flops import training_flops_per_image
 from .grid import EvalPlan
 
@@ -193,9 +195,7 @@ def run_cell(folder: Path, spec: dict) -> dict:
         parts["flops_per_image"] = spec.get("flops_per_image") or _count_flops(cfg, device)
         write_json(parts_path, parts)
 
-    from ..eval.evaluate import load_backbone
-
-    backbone, _, info = load_backbone(run)
+    backbone, _, info = load_run_backbone(run)
     evalset = EvalSet(cfg.data, info["resolution"], plan, cfg.seed, cfg.cache_dir, device)
     if "eval" not in parts:
         print(f"bench: evaluating {c['method']} {c['backbone']} (kNN, linear probe, few-shot)", flush=True)

@@ -51,7 +51,7 @@ def training_flops_per_image(cfg, info, x: np.ndarray, device: torch.device) -> 
     The method is built as the training loop builds it (same seed, same data size, so the same
     bank and the same number of scored columns), on a fresh copy: the trained run is not touched.
     """
-    from ..train import build_method
+    from ..train.build import build_method
 
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, info).to(device, memory_format=torch.channels_last)

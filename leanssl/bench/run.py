@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import LeansslError
+from ..runfolder import RunFolder
 from .cell import write_json
 from .grid import Cell, EvalPlan
 
@@ -234,7 +235,7 @@ def run_bench(plan: BenchPlan) -> dict:
         spec = {**cell_spec(plan, c), "cache_dir": plan.cache_dir, "flops_per_image": flops.get(_flops_key(c)),
                 "commit": info["machine"]["commit"]}
         _prepare(folder, spec)
-        state = "resuming its checkpoint" if (folder / "run" / "checkpoint.pt").exists() else "training"
+        state = "resuming its checkpoint" if RunFolder(folder / "run").has_checkpoint() else "training"
         print(f"{tag}: {state} ({folder})", flush=True)
         t0 = time.perf_counter()
         rc = _spawn(folder)

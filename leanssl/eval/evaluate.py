@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-
-from ..checks import check_finite
 from ..data.cache import cache_root
 from ..data.sources import open_dataset, per_class_subset, stratified_subset
+from ..device import resolve_device
 from ..errors import LeansslError
+from ..export import load_backbone as load_exported, load_run_backbone, read_metadata
 from ..models.backbones import build_backbone
-from ..runfolder import read_data_info
-from ..train import load_checkpoint, load_run_config, resolve_device
+from ..runfolder import RunFolder
+from ..train.config import TrainConfig
 from .features import extract_features, pixel_features
 from .fewshot import FewShotConfig, fewshot_eval
 from .finetune import FinetuneConfig, finetune
@@ -59,49 +58,16 @@ class EvalSettings:
         return out
 
 
-def load_backbone(run_dir: Path):
-    """The run's trained backbone (final export, else the last checkpoint) and its data info."""
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    info = read_data_info(run_dir)
-    backbone = build_backbone(cfg.backbone, info["channels"], info["resolution"])
-    final, ckpt = run_dir / "backbone.safetensors", run_dir / "checkpoint.pt"
-    if final.is_file():
-        try:
-            weights, source = load_file(str(final)), final
-        except Exception as e:  # safetensors holds tensors only; a damaged header is all that can go wrong
-            raise LeansslError(f"cannot load {final}: damaged or not a safetensors file ({e})") from None
-    elif ckpt.is_file():
-        state = load_checkpoint(ckpt)["model"]
-        weights, source = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, ckpt
-    else:
-        raise LeansslError(f"{run_dir} has no trained weights yet (no backbone.safetensors or checkpoint.pt)")
-    check_finite(weights, str(source))
-    misfit = f"the weights in {source} do not fit backbone {cfg.backbone}"
-    try:
-        missing, unexpected = backbone.load_state_dict(weights, strict=False)
-    except RuntimeError as e:  # shapes of another architecture
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), type(e).__name__)
-        raise LeansslError(f"{misfit}: {detail}") from None
-    if missing or unexpected:
-        raise LeansslError(f"{misfit}: {len(missing)} missing tensor(s) (e.g. {', '.join(missing[:2]) or '-'}), "
-                           f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'})")
-    return backbone, cfg, info
-
-
 def load_evaluable(path) -> tuple:
     """(backbone, run config, data info, training state) of a run folder or an exported backbone file/folder.
 
     The state ({"epoch", "epochs", "complete"}) says whether the weights are the finished run's or a checkpoint's.
     """
-    from ..export import load_backbone as load_exported, read_metadata
-    from ..train import TrainConfig
-
     path = Path(path)
     meta = read_metadata(path)  # a clear error for a path that is neither
     state = {k: meta.get(k) for k in ("epoch", "epochs", "complete")}
-    if (path / "config.json").is_file() and (path / "data.json").is_file():
-        return (*load_backbone(path), state)
+    if RunFolder(path).is_run():
+        return (*load_run_backbone(path), state)
     info = {k: meta[k] for k in ("channels", "resolution", "mean", "std")}
     cfg = TrainConfig(data=meta["data"], method=meta["method"], backbone=meta["architecture"])  # seed: the default 0
     return load_exported(path), cfg, info, state

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from ..data.augment import AugConfig, BatchAugment
 from ..data.loader import DeviceLoader
-from ..train import lr_at, param_groups
+from ..train.build import param_groups
+from ..train.schedule import lr_at
 from .features import extract_features, match_channels
 
 

@@ -48,7 +48,7 @@ class SimReg(Method):
 
     def __init__(self, backbone, data, cfg: SimregConfig | None = None, aug=None):
         super().__init__(backbone, data, aug)
-        from ..eval.evaluate import load_backbone  # late: eval imports the training package
+        from ..export import load_run_backbone as load_backbone  # late: export imports the training package
 
         self.cfg = cfg = cfg or self.Config()
         if not cfg.teacher:

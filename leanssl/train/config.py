@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..checks import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Choice, Range, checked
 from ..errors import LeansslError
 from ..methods import get_method
+from ..runfolder import RunFolder
 
 # Fields that must match for --resume to continue the same run.
 _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args",
@@ -76,14 +76,8 @@ def config_from_dict(values: dict, where) -> TrainConfig:
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise LeansslError(f"not a leanssl run folder (no config.json): {run_dir}")
-    try:
-        values = json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        raise LeansslError(f"{path}: unreadable ({e})") from None
-    cfg = config_from_dict(values, path)
+    folder = RunFolder(run_dir)
+    cfg = config_from_dict(folder.config_values(), folder.path / folder.CONFIG)
     cfg.out = str(run_dir)  # never the path recorded inside: a copied or crafted config cannot send writes elsewhere
     return cfg
 

@@ -16,7 +16,8 @@ from leanssl.cli import main
 from leanssl.data.cache import META
 from leanssl.data.sources import open_dataset
 from leanssl.methods.essl import ESSL
-from leanssl.train import load_checkpoint, train
+from leanssl.runfolder import load_checkpoint
+from leanssl.train import train
 
 from .conftest import tiny_argv
 from .conftest import one_error_line

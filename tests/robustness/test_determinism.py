@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from leanssl.train import load_checkpoint, train
+from leanssl.runfolder import load_checkpoint
+from leanssl.train import train
 
 from .conftest import losses
 

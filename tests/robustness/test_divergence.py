@@ -12,7 +12,9 @@ import torch
 from leanssl.cli import main
 from leanssl.errors import LeansslError
 from leanssl.methods.essl import ESSL
-from leanssl.train import MAX_SKIPS_IN_A_ROW, load_checkpoint, train
+from leanssl.runfolder import load_checkpoint
+from leanssl.train import train
+from leanssl.train.divergence import MAX_SKIPS_IN_A_ROW
 
 from .conftest import losses, tiny_argv
 

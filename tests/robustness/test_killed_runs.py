@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from leanssl.train import loop as train_module
 from leanssl.methods.essl import ESSL
-from leanssl.train import TrainingInterrupted, load_checkpoint, train
-from leanssl.train.loop import _GracefulStop
+from leanssl.runfolder import load_checkpoint
+from leanssl.train import Callback, TrainingInterrupted, train
+from leanssl.train.stop import GracefulStop
 
 from .conftest import losses, run_child, start_child, tiny_argv
 
@@ -147,28 +147,23 @@ def test_sigint_checkpoints_mid_epoch_and_restores_the_handler(tiny_cfg, referen
     assert_same_run(Path(cfg.out), reference)
 
 
-def test_a_signal_arriving_while_logging_is_honoured_after_the_next_step(tiny_cfg, reference, monkeypatch):
-    real_flush, flushes = train_module._Logger.flush, []
+def test_a_signal_arriving_after_a_steps_stop_check_is_honoured_after_the_next_step(tiny_cfg, reference):
+    class SignalAfterStep2(Callback):
+        def on_step_end(self, run):  # past step 2's stop check, as a signal arriving while it logs
+            if run.steps_done == 2:
+                os.kill(os.getpid(), signal.SIGINT)
 
-    def flush(self):
-        flushes.append(1)
-        if len(flushes) == 1:  # after step 2 of epoch 1 (log_every=2), past this step's stop check
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_flush(self)
-
-    monkeypatch.setattr(train_module._Logger, "flush", flush)
-    cfg = tiny_cfg(log_every=2)
+    cfg = tiny_cfg()
     with pytest.raises(TrainingInterrupted):
-        train(cfg)
+        train(cfg, callbacks=[SignalAfterStep2()])
     state = load_checkpoint(Path(cfg.out) / "checkpoint.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (0, 3)
-    monkeypatch.setattr(train_module._Logger, "flush", real_flush)
     train(cfg, resume=True)
     assert_same_run(Path(cfg.out), reference)
 
 
 def test_a_second_sigint_or_one_outside_the_loop_interrupts_at_once():
-    with _GracefulStop() as stop:
+    with GracefulStop() as stop:
         with pytest.raises(KeyboardInterrupt):  # unarmed: decoding data, calibrating
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)

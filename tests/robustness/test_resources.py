@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from leanssl.train import loop as train_module
 from leanssl.cli import main
 from leanssl.methods.essl import ESSL
-from leanssl.train import load_checkpoint
+from leanssl.runfolder import RunFolder, load_checkpoint
 
 from .conftest import tiny_argv
 from .conftest import one_error_line
@@ -77,10 +76,10 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(where, tiny_cfg, m
 
 
 def test_disk_full_elsewhere_is_one_line(tiny_cfg, monkeypatch, capsys):
-    def flush(self):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+    def append_log(self, rows):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path / self.LOG))
 
-    monkeypatch.setattr(train_module._Logger, "flush", flush)
+    monkeypatch.setattr(RunFolder, "append_log", append_log)
     cfg = tiny_cfg()
     assert main(tiny_argv(cfg)) == 2
     assert [one_error_line(capsys)] == [f"leanssl: error: disk full writing {Path(cfg.out) / 'log.csv'}: No space left on device; "

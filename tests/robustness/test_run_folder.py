@@ -12,7 +12,8 @@ import pytest
 
 from leanssl.cli import main
 from leanssl.runfolder import LOCK
-from leanssl.train import load_checkpoint, train
+from leanssl.runfolder import load_checkpoint
+from leanssl.train import train
 
 from .conftest import start_child, tiny_argv
 from .conftest import one_error_line
