@@ -10,15 +10,12 @@ was cut short. One process per cell makes the peak memory per run (process RSS o
 
 The accuracy-over-time curve: the backbone is saved at the start of training and the first time
 the run passes each of `curve_points` (fractions of its steps; under a time budget, of the steps the
-budget is estimated to hold), without changing what the loop does; after training, each saved
-backbone is scored by kNN on a fixed subsample. The training loop has no callback, so the method
-class is wrapped for this process only (`_curve_snapshots`).
+budget is estimated to hold), by a training callback (`CurveSnapshots`) that changes nothing the
+loop computes; after training, each saved backbone is scored by kNN on a fixed subsample.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import os
 import sys
@@ -30,15 +27,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.sources import open_dataset, stratified_subset
+from ..device import resolve_device
 from ..errors import LeansslError
 from ..eval.features import extract_features, pixel_features
 from ..eval.fewshot import FewShotConfig, fewshot_eval
 from ..eval.knn import knn_top1
 from ..eval.linear import c_grid, linear_probe
-from ..device import resolve_device
 from ..export import load_run_backbone
+from ..methods.base import DataInfo
 from ..models.backbones import build_backbone
+from ..runfolder import RunFolder
 from ..train import TrainConfig, TrainingInterrupted, train
+from ..train.callbacks import Callback
 from .flops import training_flops_per_image
 from .grid import EvalPlan
 
@@ -108,94 +108,68 @@ def _subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     return stratified_subset(np.asarray(y), len(y), n / len(y), seed)
 
 
-@contextlib.contextmanager
-def _curve_snapshots(method: str, folder: Path, points, batch_size: int, budget: bool):
-    """While active, the method `method` saves its backbone to `folder` at the start of a fresh run and
-    after the first step that passes each of `points` (fractions of total steps; under a time `budget`,
-    of its estimate), and says so (the cell's progress); folder/points.json lists them. Their training
-    seconds are read from the run's epochs.csv afterwards (`_step_seconds`)."""
-    from .. import methods
+class CurveSnapshots(Callback):
+    """Saves the backbone to `folder` at the start of a fresh run and after the first step that passes each of
+    `points` (fractions of the total steps; under a time `budget`, of their estimate), and says so (the cell's
+    progress); folder/points.json lists them. Their training seconds are read from the run's epochs.csv
+    afterwards (`_step_seconds`)."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    index = folder / "points.json"
-    records = json.loads(index.read_text()) if index.exists() else []
-    taken = {p for r in records for p in r["points"]}
-    base = methods.METHODS[method]
+    def __init__(self, label: str, folder: Path, points, batch_size: int, budget: bool):
+        self.label, self.folder, self.batch_size, self.budget = label, folder, batch_size, budget
+        folder.mkdir(parents=True, exist_ok=True)
+        self.index = folder / "points.json"
+        self.records = json.loads(self.index.read_text()) if self.index.exists() else []
+        taken = {p for r in self.records for p in r["points"]}
+        self.todo = [p for p in points if p not in taken]
 
-    class WithSnapshots(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._curve_todo = [p for p in points if p not in taken]
+    def on_setup(self, run) -> None:
+        if not run.resumed and not any(r["step"] == 0 for r in self.records):
+            self._save(run, 0, [0.0])
 
-        def _curve_save(self, step: int, due: list) -> None:
-            name = f"step{step}.safetensors"
-            weights = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
-            save_file(weights, str(folder / name))
-            records.append({"step": step, "images_seen": step * batch_size, "points": due, "file": name})
-            write_json(index, records)
+    def on_step_end(self, run) -> None:
+        done, total = run.steps_done, run.schedule.total_steps
+        due = [p for p in self.todo if done >= p * total]
+        if due:
+            self.todo = [p for p in self.todo if p not in due]
+            self._save(run, done, due)
+            print(f"bench: {self.label}: step {done} of {'~' * self.budget}{total} ({100 * done / total:.0f}%)",
+                  flush=True)
 
-        def setup(self, loader, batch_size_):  # a fresh run only
-            if not any(r["step"] == 0 for r in records):
-                self._curve_save(0, [0.0])
-            super().setup(loader, batch_size_)
-
-        def after_step(self) -> None:
-            super().after_step()
-            done = self.step + 1
-            due = [p for p in self._curve_todo if done >= p * self.total_steps]
-            if due:
-                self._curve_todo = [p for p in self._curve_todo if p not in due]
-                self._curve_save(done, due)
-                print(f"bench: {method}: step {done} of {'~' * budget}{self.total_steps} "
-                      f"({100 * done / self.total_steps:.0f}%)", flush=True)
-
-    WithSnapshots.__name__ = WithSnapshots.__qualname__ = base.__name__
-    methods.METHODS[method] = WithSnapshots
-    try:
-        yield records
-    finally:
-        methods.METHODS[method] = base
-
-
-def _best_epoch_rate(run: Path) -> float | None:
-    """images/s of the fastest epoch: on a shared machine, the epoch least slowed by other work."""
-    try:
-        with open(run / "epochs.csv") as f:
-            rates = [float(r["images_per_s"]) for r in csv.DictReader(f)]
-    except (OSError, ValueError, KeyError):
-        return None
-    return max(rates) if rates else None
+    def _save(self, run, step: int, due: list) -> None:
+        name = f"step{step}.safetensors"
+        weights = {k: v.detach().cpu().contiguous() for k, v in run.method.backbone.state_dict().items()}
+        save_file(weights, str(self.folder / name))
+        self.records.append({"step": step, "images_seen": step * self.batch_size, "points": due, "file": name})
+        write_json(self.index, self.records)
 
 
 def run_cell(folder: Path, spec: dict) -> dict:
     c, plan = spec["cell"], EvalPlan(**spec["eval"])
-    run = folder / "run"
+    run = RunFolder(folder / "run")
     cfg = TrainConfig(data=spec["data"], method=c["method"], backbone=c["backbone"], fraction=c["fraction"],
                       epochs=c["epochs"] or BUDGET_EPOCH_CAP, time_budget=c["budget"], batch_size=spec["batch_size"],
-                      seed=spec["seed"], device=spec["device"], out=str(run), cache_dir=spec.get("cache_dir"),
+                      seed=spec["seed"], device=spec["device"], out=str(run.path), cache_dir=spec.get("cache_dir"),
                       progress=False)  # progress: a line at each curve point (per-epoch lines flood short epochs)
     parts_path = folder / "parts.json"  # what is measured so far (a cell killed during evaluation keeps it)
     parts = json.loads(parts_path.read_text()) if parts_path.exists() else {}
-    summary_path = run / "summary.json"
-    finished = summary_path.exists() and json.loads(summary_path.read_text()).get("complete")
-    if not finished:
-        resume = (run / "checkpoint.pt").exists()
+    if not (run.summary() or {}).get("complete"):
+        resume = run.has_checkpoint()
         parts["resumed"] = parts.get("resumed", False) or resume
         parts.setdefault("loadavg_before", os.getloadavg()[0])
-        with _curve_snapshots(cfg.method, folder / "curve", plan.curve_points, cfg.batch_size, c["budget"] is not None):
-            summary = train(cfg, resume=resume)
+        curve = CurveSnapshots(cfg.method, folder / "curve", plan.curve_points, cfg.batch_size, c["budget"] is not None)
+        summary = train(cfg, resume=resume, callbacks=[curve])
         if not summary["complete"]:
-            raise LeansslError(f"{run}: training stopped before its end ({summary['epochs_done']} epochs)")
+            raise LeansslError(f"{run.path}: training stopped before its end ({summary['epochs_done']} epochs)")
         parts["loadavg_after"] = os.getloadavg()[0]
         write_json(parts_path, parts)
-    summary = json.loads(summary_path.read_text())
+    summary = run.summary()
     device = resolve_device(cfg.device)
 
     if "flops_per_image" not in parts:
         parts["flops_per_image"] = spec.get("flops_per_image") or _count_flops(cfg, device)
         write_json(parts_path, parts)
 
-    backbone, _, info = load_run_backbone(run)
+    backbone, _, info = load_run_backbone(run.path)
     evalset = EvalSet(cfg.data, info["resolution"], plan, cfg.seed, cfg.cache_dir, device)
     if "eval" not in parts:
         print(f"bench: evaluating {c['method']} {c['backbone']} (kNN, linear probe, few-shot)", flush=True)
@@ -223,7 +197,7 @@ def run_cell(folder: Path, spec: dict) -> dict:
               "data": spec["data"], "batch_size": cfg.batch_size, "seed": cfg.seed,
               **{k: summary[k] for k in keep},
               "memory": "GPU max allocated" if summary["device"].startswith("cuda") else "process peak RSS",
-              "best_epoch_images_per_s": _best_epoch_rate(run), **parts, "commit": spec.get("commit", "unknown"),
+              "best_epoch_images_per_s": run.best_epoch_rate(), **parts, "commit": spec.get("commit", "unknown"),
               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     result.pop("final_curve_knn")
     write_json(folder / "result.json", result)
@@ -231,9 +205,7 @@ def run_cell(folder: Path, spec: dict) -> dict:
 
 
 def _count_flops(cfg: TrainConfig, device: torch.device) -> float:
-    info = json.loads((Path(cfg.out) / "data.json").read_text())
-    from ..methods.base import DataInfo
-
+    info = RunFolder(cfg.out).data_info()
     data = DataInfo(info["num_images"], info["channels"], info["resolution"], tuple(info["mean"]), tuple(info["std"]))
     ds = open_dataset(cfg.data, data.resolution, cfg.cache_dir, progress=False)
     x = ds.pretrain.x
@@ -242,11 +214,10 @@ def _count_flops(cfg: TrainConfig, device: torch.device) -> float:
     return training_flops_per_image(cfg, data, x, device)
 
 
-def _step_seconds(run: Path, summary: dict, batch_size: int):
+def _step_seconds(run: RunFolder, summary: dict, batch_size: int):
     """Training seconds at the end of step s, as the loop counts them: its setup (essl's calibration), the
     epochs before, and the step's share of its epoch (epochs.csv gives each epoch's seconds)."""
-    with open(run / "epochs.csv") as f:
-        epochs = [float(r["seconds"]) for r in csv.DictReader(f)]
+    epochs = [float(r["seconds"]) for r in run.epochs()]
     setup = summary["train_seconds"] - sum(epochs)
     per_epoch = max(1, summary["train_images"] // batch_size)
 
@@ -264,7 +235,7 @@ def _curve(folder: Path, evalset: EvalSet, cfg: TrainConfig, info: dict, summary
     """kNN on the curve subsample for each saved backbone, then the finished one."""
     index = folder / "points.json"
     records = json.loads(index.read_text()) if index.exists() else []
-    seconds = _step_seconds(Path(cfg.out), summary, cfg.batch_size)
+    seconds = _step_seconds(RunFolder(cfg.out), summary, cfg.batch_size)
     points = []
     for r in sorted(records, key=lambda r: r["step"]):
         path = folder / r["file"]
