@@ -8,8 +8,8 @@
 
 Synthetic uint8 images of the given shape (throughput does not depend on their contents).
 Every number is end to end: batch gather, augmentation, forward, backward, optimizer step and the
-method's after-step update (bank, EMA teacher, queue), after warm-up steps. Ours runs the step
-sequence of leanssl.train's loop on a method built by leanssl.train.build_method, channels_last, at
+method's after-step update (bank, EMA teacher, queue), after warm-up steps. Ours runs the loop's
+own step (leanssl.train.step.TrainStep) on a method built as the loop builds it, channels_last, at
 `leanssl train`'s precision (bf16 autocast on a GPU, fp32 on a CPU, unless --precision). The one
 thing left out is `setup` (essl's feature calibration, a one-off no-grad pass before epoch 1): a step costs the same
 whatever the bank holds. The peer is lightly's SimCLR as benchmarks/peer_lightly.py runs it
@@ -54,9 +54,11 @@ from leanssl.data.loader import DeviceLoader
 from leanssl.methods import METHODS, get_method
 from leanssl.methods.base import DataInfo
 from leanssl.device import resolve_device
+from leanssl.distributed import SingleProcess
 from leanssl.train import TrainConfig
-from leanssl.train.build import build_method, param_groups
-from leanssl.train.schedule import lr_at
+from leanssl.train.build import build_method, build_optimizer, param_groups
+from leanssl.train.schedule import Schedule
+from leanssl.train.step import TrainStep
 
 ROOT = Path(__file__).resolve().parent
 PROFILES = {  # per device type: data shape, images, backbone, batch, rounds, timed steps and warm-up steps per window
@@ -79,7 +81,7 @@ def synthetic(shape: tuple[int, int, int], n: int, seed: int = 0) -> tuple[np.nd
 
 
 class Ours:
-    """One leanssl method, stepped exactly as leanssl.train's loop steps it."""
+    """One leanssl method, stepped by the training loop's own step (leanssl.train.step.TrainStep)."""
 
     def __init__(self, name: str, loader: DeviceLoader, info: DataInfo, backbone: str, batch_size: int,
                  device: torch.device, precision: str, seed: int = 0):
@@ -87,9 +89,10 @@ class Ours:
         self.cfg = TrainConfig(method=name, backbone=backbone, batch_size=batch_size, seed=seed)
         torch.manual_seed(seed)
         self.method = build_method(self.cfg, info).to(device, memory_format=torch.channels_last)
-        self.opt = torch.optim.SGD(param_groups(self.method, self.cfg.weight_decay), lr=self.cfg.base_lr(),
-                                   momentum=self.cfg.momentum)
-        self.params = [p for p in self.method.parameters() if p.requires_grad]
+        self.opt = build_optimizer(self.cfg, self.method)
+        self.step = TrainStep(self.method, self.opt, SingleProcess(device), precision)
+        self.steps_per_epoch = loader.steps_per_epoch(batch_size)
+        self.schedule = Schedule(self.cfg.base_lr(), self.steps_per_epoch, epochs=10, warmup_epochs=0)
         self.gen = torch.Generator(device).manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.batches = self._batches(seed)
@@ -99,7 +102,7 @@ class Ours:
     def _batches(self, seed: int):
         epoch = 0
         while True:
-            yield from self.loader.epoch(self.batch_size, seed * 7919 + epoch)
+            yield from self.loader.shards(self.batch_size, seed * 7919 + epoch)
             epoch += 1
 
     def compile(self, backend: str = "inductor") -> None:
@@ -107,25 +110,12 @@ class Ours:
 
     def run(self, steps: int) -> None:
         """`steps` training steps; the logged values are gathered at the end (the loop syncs every log_every steps)."""
-        autocast = accel.autocast(self.device, self.precision)
-        total = 10 * self.loader.steps_per_epoch(self.batch_size)
+        total = self.schedule.total_steps
         logged = []
         for _ in range(steps):
-            xb, idx = next(self.batches)
-            lr = lr_at(self.step_no, total, 0, self.cfg.base_lr())
-            for g in self.opt.param_groups:
-                g["lr"] = lr
-            self.method.set_progress(self.step_no % total, total, self.loader.steps_per_epoch(self.batch_size))
-            with autocast:
-                loss, logs = self.method.training_step(xb, idx, self.gen, self.rng)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-            self.opt.step()
-            self.method.after_step()
-            nan = torch.full_like(loss, float("nan"))
-            logged.append(torch.stack([loss.detach().float()] + [logs.get(k, nan).float() for k in ("ce", "kl")]
-                                      + [grad_norm.float()]))
+            batch = next(self.batches)
+            self.method.set_progress(self.step_no % total, total, self.steps_per_epoch)
+            logged.append(self.step(batch, self.gen, self.rng, self.schedule.lr(self.step_no)).values())
             self.step_no += 1
         if logged:
             torch.stack(logged).tolist()  # the host sync the loop's logger does
