@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 
-from ..data.sources import open_dataset, stratified_subset
+from ..data.sources import open_dataset
+from ..data.subsets import stratified_subset
 from ..errors import LeansslError
 from ..methods.base import DataInfo
 from ..runfolder import RunFolder
