@@ -1,13 +1,13 @@
-"""checkpoint.pt: written only when finite and only atomically, read back without running any code in it."""
+"""checkpoint.pt: written only when finite and only atomically, read back without running any code in it.
+
+torch is imported on first use, so the scripts that only read a run folder's other files stay light.
+"""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
 
-import torch
-
-from ..checks import check_finite, first_nonfinite
 from ..errors import LeansslError
 from .files import atomic_save
 
@@ -15,6 +15,10 @@ from .files import atomic_save
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's contents, unpickled with weights_only=True: tensors, numbers, strings and plain
     containers only, so a crafted file cannot run code. A refused or damaged file is a LeansslError."""
+    import torch
+
+    from ..checks import check_finite
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -39,6 +43,8 @@ def load_checkpoint(path: Path) -> dict:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write `state` ({"model", "optimizer", ...}) over `path`; on any failure the previous checkpoint stays valid."""
+    from ..checks import first_nonfinite
+
     kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint had been written yet"
     # A step with a finite loss can still leave Inf in a buffer (BatchNorm's running_var at a huge lr):
     # a checkpoint is only written, and only called good, when the whole state is finite.

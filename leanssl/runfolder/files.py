@@ -14,8 +14,6 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 from ..errors import LeansslError
 
 NOFOLLOW = getattr(os, "ONOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -57,6 +55,8 @@ def atomic_save(obj, path: Path) -> None:
 
     On an error (a full disk) the temp file is removed and the old file is left as it was.
     """
+    import torch
+
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # a killed write's leftover; "x" below then never writes through a planted symlink
     try:

@@ -1,18 +1,22 @@
-"""RunFolder: the one place that knows a run folder's files, and how each is written and read."""
+"""RunFolder: the one place that knows a run folder's files, and how each is written and read.
+
+torch is imported on first use (weights, checkpoints): reading the JSON and CSV files needs none.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ..checks import check_finite
 from ..errors import LeansslError
 from . import checkpoint, lock
 from .contract import check_input_contract
 from .files import one_line, open_append, read_json, truncate_csv, write_bytes, write_text
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class RunFolder:
@@ -168,6 +172,8 @@ class RunFolder:
             source = self.checkpoint_path
         else:
             raise LeansslError(f"{self.path} has no trained weights yet (no backbone.safetensors or checkpoint.pt)")
+        from ..checks import check_finite
+
         check_finite(weights, str(source))
         return weights, source
 

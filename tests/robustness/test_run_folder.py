@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from leanssl.cli import main
-from leanssl.runfolder import LOCK
-from leanssl.runfolder import load_checkpoint
+from leanssl.runfolder import LOCK, load_checkpoint
 from leanssl.train import train
 
 from .conftest import start_child, tiny_argv
@@ -112,3 +111,17 @@ def test_planted_symlinks_are_not_written_through(name, tiny_cfg, tmp_path):
     cfg.stop_after = None
     train(cfg, force=True)
     assert victim.read_text() == "precious" and not (out / name).is_symlink()
+
+
+def test_reading_a_run_folders_files_needs_no_torch(tiny_cfg):
+    """The benchmark scripts that start runs and read their summaries (benchmarks/common.py) stay light."""
+    import subprocess
+    import sys
+
+    cfg = tiny_cfg(epochs=1)
+    train(cfg)
+    code = ("import sys; from leanssl.runfolder import RunFolder; f = RunFolder(sys.argv[1]); "
+            "assert f.summary()['complete'] and f.has_checkpoint() and f.best_epoch_rate() > 0 and f.is_run(); "
+            "assert 'torch' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code, cfg.out], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
