@@ -26,6 +26,7 @@ from pathlib import Path
 from common import commit_label, cpu_name
 
 from leanssl.data.sources import open_dataset
+from leanssl.runfolder import RunFolder
 
 FULL = "knn,linear,finetune,fewshot,lowlabel"
 
@@ -59,7 +60,7 @@ def main(argv=None) -> dict:
     cache = a.cache_dir or tempfile.mkdtemp(prefix="leanssl-eval-speed-")
     if (Path(cache) / "floors").exists():
         sys.exit(f"{cache} already holds floors: the cold row would be warm")
-    resolution = json.loads((Path(a.run) / "data.json").read_text())["resolution"]
+    resolution = RunFolder(a.run).data_info()["resolution"]
     open_dataset(a.data, resolution, cache, progress=False)  # decode first, untimed
     extra = shlex.split(a.extra)
     rows = {}

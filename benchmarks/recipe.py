@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, commit_label, cpu_name
+from leanssl.runfolder import RunFolder
 
 BEFORE = ["--method-arg", "cutmix_half=False", "--method-arg", "calibrate_views='plain'",
           "--weight-decay", "5e-4", "--warmup-epochs", "2", "--lr-schedule", "step", "--dim", "128"]
@@ -61,11 +62,11 @@ def main() -> None:
         run = Path(a.work) / tag / f"row{i}"
         row = results.setdefault(name, {"flags": flags})
         if a.phase in ("train", "both") and "train" not in row:
-            resume = ["--resume"] if (run / "checkpoint.pt").exists() else []
+            resume = ["--resume"] if RunFolder(run).has_checkpoint() else []
             load = os.getloadavg()[0]
             _cli("train", "--data", a.data, "--method", "essl", "--epochs", str(a.epochs), "--fraction", str(a.fraction),
                  "--seed", str(a.seed), "--out", str(run), "--no-progress", *BEFORE, *flags, *resume)
-            row.update(train=json.loads((run / "summary.json").read_text()), load=[load, os.getloadavg()[0]],
+            row.update(train=RunFolder(run).summary(), load=[load, os.getloadavg()[0]],
                        commit=commit_label())
         if a.phase in ("eval", "both") and "eval" not in row and "train" in row:
             floors = "--baselines" if i == 0 else "--no-baselines"

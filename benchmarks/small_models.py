@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, commit_label, cpu_name
+from leanssl.runfolder import RunFolder
 
 EVAL = ["--protocol", "knn,linear,fewshot", "--fewshot-shots", "5", "--fewshot-episodes", "200",
         "--linear-c-values", "12", "--no-baselines"]
@@ -41,12 +42,13 @@ def run(kind: str, args: list[str], out: Path, a: argparse.Namespace, eval_extra
     """Train (or distill) into `out` unless it is finished, then evaluate it on a.data."""
     common = ["--data", a.data, "--batch-size", str(a.batch_size), "--seed", str(a.seed), "--device", a.device,
               "--no-progress"] + (["--cache-dir", a.cache_dir] if a.cache_dir else [])
-    if not (out / "summary.json").is_file() or not json.loads((out / "summary.json").read_text())["complete"]:
-        resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
+    folder = RunFolder(out)
+    if not (folder.summary() or {}).get("complete"):
+        resume = ["--resume"] if folder.has_checkpoint() else []
         cli([kind, *args, *common, "--out", str(out), *resume])
     ev = ["eval", str(out), "--data", a.data, "--json", "--device", a.device, *EVAL, *eval_extra]
     res = json.loads(cli(ev + (["--cache-dir", a.cache_dir] if a.cache_dir else []), capture=True).splitlines()[-1])
-    summary = json.loads((out / "summary.json").read_text())
+    summary = folder.summary()
     return {"run": str(out), "args": args, "eval": res, "train_seconds": summary["train_seconds"],
             "epochs_done": summary["epochs_done"], "loadavg": os.getloadavg()[0], "train_flops_per_image": flops(out)}
 
