@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from leanssl.runfolder import RunFolder
-
 ROOT = Path(__file__).resolve().parent
 
 
@@ -37,6 +35,8 @@ def commit_label() -> str:
 
 def best_epoch_rate(run_dir: Path) -> float | None:
     """images/s of the run's fastest epoch: on a shared machine, the epoch least slowed by other jobs."""
+    from leanssl.runfolder import RunFolder  # late: gpu_check.py imports this module before leanssl is installed
+
     return RunFolder(run_dir).best_epoch_rate()
 
 
@@ -46,6 +46,8 @@ def train_and_eval(name: str, train_flags: list[str], run_dir: Path, data: str, 
 
     A run folder holding a checkpoint is resumed: a killed benchmark continues the row it was in.
     """
+    from leanssl.runfolder import RunFolder
+
     common = ["--cache-dir", cache_dir] if cache_dir else []
     train = [sys.executable, "-m", "leanssl.cli", "train", "--data", data, "--device", device, "--out", str(run_dir),
              "--no-progress", *train_flags, *common]
