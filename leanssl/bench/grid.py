@@ -13,11 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import LeansslError
 from ..eval.knn import KNN_K, KNN_T
-
-# Methods that encode two or more augmented views of every image per step (the paper's "two-branch"
-# methods); essl and npid encode one.
-MULTI_VIEW = ("simclr", "mocov2", "byol", "simsiam", "swav", "barlow", "dino", "twist")
-SINGLE_VIEW = ("essl", "npid")
+from ..methods import pretraining_methods
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ PROFILES = {
     "gpu": Profile(
         "gpu", "the full-scale grid for one H100: every method, the paper's 200 epochs; roughly 10-16 hours "
         "(estimated from counted FLOPs, not yet measured)",
-        methods=("essl", "npid", "simclr", "mocov2", "byol", "simsiam", "swav", "barlow", "dino", "twist"),
+        methods=tuple(pretraining_methods()),
         blocks=(
             Block(("resnet18_cifar", "mobilenetv3_small_100", "vit_tiny_cifar", "small_cnn"), (0.01, 0.1, 1.0),
                   epochs=200),
