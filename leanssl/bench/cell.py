@@ -37,10 +37,9 @@ from ..eval.knn import knn_top1
 from ..eval.linear import c_grid, linear_probe
 from ..models.backbones import build_backbone
 from ..train import TrainConfig, TrainingInterrupted, resolve_device, train
+from ..train.config import BUDGET_EPOCH_CAP
 from .flops import training_flops_per_image
 from .grid import EvalPlan
-
-BUDGET_EPOCH_CAP = 10_000  # epochs under a time budget: no limit in practice (as `leanssl train --budget`)
 
 
 def write_json(path: Path, obj) -> None:
