@@ -14,6 +14,7 @@ from . import installed_version
 from .cli_args import Parser, parse_duration  # noqa: F401 (scripts import parse_duration from here)
 from .errors import LeansslError
 
+
 def _add_train_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     """TrainConfig's flags and every method's settings (leanssl.cli_args), then what only the command has."""
     from .cli_args import add_config_flags, add_method_flags
@@ -27,8 +28,8 @@ def _add_train_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     add_config_flags(p, TrainConfig, skip=("method", "backbone") if distill else ())
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="set a field of the method's config, e.g. local_crops=2 or global_scale=0.2,1 "
-                        "(repeatable; the fields and their defaults are in leanssl/methods/<method>.py)")
+                   help="set a field of the method's config, e.g. local_crops=2 or global_scale=0.2,1 (repeatable; "
+                        "`leanssl train --method NAME --help` lists the fields and their defaults)")
     p.add_argument("--force", action="store_true",
                    help="start a fresh run in --out even if it holds other files or an earlier run (the files a run "
                         "writes are replaced; others are left)")
@@ -48,23 +49,24 @@ def _methods_epilog() -> str:
 def _train_config(a: argparse.Namespace):
     """The TrainConfig a parsed `train` / `distill` command line asks for."""
     from .cli_args import config_values, method_arg_values, method_values
-    from .methods import METHODS, get_method
+    from .methods import get_method
     from .train import TrainConfig
     from .train.config import BUDGET_EPOCH_CAP
 
-    values = config_values(a, TrainConfig, skip=("method", "backbone"))
-    method_args = method_values(a, get_method(a.method).name, METHODS)
-    if a.method == "simreg":
+    values = config_values(a, TrainConfig)
+    method = get_method(a.method)  # an unknown name: one clear error
+    method_args = method_values(a, method)
+    if getattr(a, "teacher", None):  # distill's argument
         from .train import load_run_config
 
         load_run_config(Path(a.teacher))  # a bad teacher folder fails before any data is decoded
         method_args.update(teacher=str(Path(a.teacher).resolve()))
-    method_args.update(method_arg_values(METHODS[a.method], a.method_arg))
+    method_args.update(method_arg_values(method, a.method_arg))
     if values["epochs"] is None:
         values["epochs"] = BUDGET_EPOCH_CAP if a.budget is not None else TrainConfig.epochs
     data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
     values["out"] = a.out or f"runs/{data_name}-{a.method}-{a.backbone}"
-    return TrainConfig(**values, method=a.method, backbone=a.backbone, method_args=method_args)
+    return TrainConfig(**values, method_args=method_args)
 
 
 def _report_skips(summary: dict, out: str) -> None:
@@ -232,8 +234,8 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # (building it imports LEANSSL_METHODS' files: an error is one line)
         return args.func(args) or 0
     except LeansslError as e:
         print(f"leanssl: error: {e}", file=sys.stderr)

@@ -80,8 +80,8 @@ def add_config_flags(p, cls, skip=(), helps: dict | None = None) -> None:
         kind, meta = _kind(f), f.metadata
         text = _with_range(cls, f.name, (helps or {}).get(f.name, help_of(f)))
         kw = dict(help=text, default=meta.get("cli_default", f.default if f.default is not MISSING else None))
-        if kind == "bool":
-            kw["action"] = "store_false" if flag.startswith("--no-") else "store_true"
+        if kind == "bool":  # --no-progress is stored as given and turned round by config_values
+            kw["action"] = "store_true"
             kw.pop("default")
         else:
             kw["type"] = parse_duration if meta.get("type") == "duration" else {"int": int, "float": float}.get(kind)
@@ -91,13 +91,13 @@ def add_config_flags(p, cls, skip=(), helps: dict | None = None) -> None:
         p.add_argument(flag, **kw)
 
 
-def config_values(a: argparse.Namespace, cls, skip=()) -> dict:
-    """The values of `cls`'s flags in a parsed namespace, by field name (those left out by `skip` are not)."""
+def config_values(a: argparse.Namespace, cls) -> dict:
+    """The values of `cls`'s flags in a parsed namespace, by field name (a flag the command lacks: not there)."""
     values = {}
     for f in fields(cls):
         flag = flag_of(f)
-        if flag is not None and f.name not in skip:
-            dest = flag[2:].replace("-", "_")
+        dest = flag and flag[2:].replace("-", "_")
+        if flag is not None and dest in a:
             values[f.name] = (not getattr(a, dest)) if flag.startswith("--no-") else getattr(a, dest)
     return values
 
@@ -175,9 +175,9 @@ class _MethodHelp(argparse.Action):
         parser.exit()
 
 
-def method_values(a: argparse.Namespace, method: str, methods: dict) -> dict:
-    """The method flags given, by field; a flag the method does not have is an error naming its flags."""
-    cls = methods[method]
+def method_values(a: argparse.Namespace, cls) -> dict:
+    """The method flags given, by field; a flag the method `cls` does not have is an error naming its flags."""
+    method = cls.name
     own = {f.name for f in fields(cls.Config)}
     given = {d: getattr(a, d) for d in getattr(a, METHOD_FLAGS, ()) if getattr(a, d) is not None}
     foreign = [d for d in given if d not in own]

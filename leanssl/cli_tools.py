@@ -177,7 +177,9 @@ def add_commands(sub) -> None:
     p.add_argument("--data", required=True, help="data SPEC with labelled train and test splits (as for train)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="cpu",
                    help="preset grid (default cpu): " + "; ".join(f"{k}: {v.about}" for k, v in PROFILES.items()))
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: the profile's)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods, or the profile's variants, e.g. the ablation's rows (default: the "
+                        "profile's)")
     p.add_argument("--backbones", default=None, help="comma-separated backbones (default: the profile's)")
     p.add_argument("--fractions", default=None, help="comma-separated pretraining data fractions, e.g. 0.01,0.1,1.0")
     length = p.add_mutually_exclusive_group()

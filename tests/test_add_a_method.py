@@ -1,7 +1,10 @@
 """Adding a method is one file: a toy method defined here, and nowhere else, trains, benches and evaluates,
-and its settings are `leanssl train` flags (docs/adding-a-method.md)."""
+its settings are `leanssl train` flags, and $LEANSSL_METHODS makes the command know it (docs/adding-a-method.md)."""
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -80,3 +83,15 @@ def test_its_settings_are_flags_and_another_method_s_flag_is_an_error(tiny_npz, 
     text = capsys.readouterr().out
     assert "settings of --method toy" in text and "sharpness of the uniformity loss (default 2.0)" in text
     assert "--kl-weight" not in text and "a single-view toy defined in tests/test_add_a_method.py" in text
+
+
+def test_the_leanssl_command_knows_it_from_leanssl_methods(tmp_path):
+    env = {**os.environ, "LEANSSL_METHODS": __file__}
+    r = subprocess.run([sys.executable, "-m", "leanssl", "train", "--method", "toy", "--help"], env=env,
+                       capture_output=True, text=True, check=True)
+    assert "--t T" in r.stdout and "sharpness of the uniformity loss" in r.stdout
+    env["LEANSSL_METHODS"] = str(tmp_path / "nothing.py")
+    r = subprocess.run([sys.executable, "-m", "leanssl", "train", "--help"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"leanssl: error: no Python file {tmp_path / 'nothing.py'} (a file that defines methods: $LEANSSL_METHODS, "
+        "a bench cell)"]

@@ -56,11 +56,14 @@ def source_file(name: str) -> str | None:
 
 
 def import_file(path: str) -> None:
-    """Import a Python file as a module, so the methods it defines register (a bench cell's process)."""
+    """Import a Python file as a module (once), so the methods it defines register ($LEANSSL_METHODS, a bench
+    cell's process)."""
     name = f"leanssl_methods_from_{Path(path).stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(Path(path).resolve()):
+        return
+    spec = importlib.util.spec_from_file_location(name, Path(path).resolve())
     if spec is None or not Path(path).is_file():
-        raise LeansslError(f"cannot import the file that defines this cell's method: {path}")
+        raise LeansslError(f"no Python file {path} (a file that defines methods: $LEANSSL_METHODS, a bench cell)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
