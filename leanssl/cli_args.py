@@ -70,23 +70,23 @@ def _with_range(cls, name: str, text: str) -> str:
 # TrainConfig's flags
 
 
-def add_config_flags(p, cls, skip=(), helps: dict | None = None) -> None:
-    """One flag per field of `cls` that is a flag (leanssl.options), in field order; `skip` leaves some out,
-    `helps` replaces some help texts. A field's Choice range becomes argparse choices."""
+def add_config_flags(p, cls, skip=()) -> None:
+    """One flag per field of `cls` that is a flag (leanssl.options), in field order, less those in `skip`.
+    A field's Choice range becomes argparse choices."""
     for f in fields(cls):
         flag = flag_of(f)
         if flag is None or f.name in skip:
             continue
         kind, meta = _kind(f), f.metadata
-        text = _with_range(cls, f.name, (helps or {}).get(f.name, help_of(f)))
-        kw = dict(help=text, default=meta.get("cli_default", f.default if f.default is not MISSING else None))
+        kw = dict(help=_with_range(cls, f.name, help_of(f)), default=meta.get("cli_default", f.default if f.default is not MISSING else None))
         if kind == "bool":  # --no-progress is stored as given and turned round by config_values
             kw["action"] = "store_true"
             kw.pop("default")
         else:
             kw["type"] = parse_duration if meta.get("type") == "duration" else {"int": int, "float": float}.get(kind)
-            if isinstance(cls.RANGES.get(f.name), Choice):
-                kw["choices"] = cls.RANGES[f.name].names
+            rng = getattr(cls, "RANGES", {}).get(f.name)
+            if isinstance(rng, Choice):
+                kw["choices"] = rng.names
             kw.update({k: meta[k] for k in ("metavar", "required") if k in meta})
         p.add_argument(flag, **kw)
 
@@ -177,15 +177,15 @@ class _MethodHelp(argparse.Action):
 
 def method_values(a: argparse.Namespace, cls) -> dict:
     """The method flags given, by field; a flag the method `cls` does not have is an error naming its flags."""
-    method = cls.name
-    own = {f.name for f in fields(cls.Config)}
-    given = {d: getattr(a, d) for d in getattr(a, METHOD_FLAGS, ()) if getattr(a, d) is not None}
+    dests = getattr(a, METHOD_FLAGS, ())
+    given = {d: getattr(a, d) for d in dests if getattr(a, d) is not None}
+    own = [f.name for f in fields(cls.Config) if f.name in dests]
     foreign = [d for d in given if d not in own]
     if foreign:
-        flags = [f"--{d.replace('_', '-')}" for d in getattr(a, METHOD_FLAGS) if d in own]
+        flags = ", ".join(f"--{d.replace('_', '-')}" for d in own) or "none"
         bad = ", ".join(f"--{d.replace('_', '-')}" for d in foreign)
-        raise LeansslError(f"{bad}: not a setting of --method {method} (its flags: {', '.join(flags) or 'none'}; "
-                           f"`leanssl train --method {method} --help` describes them)")
+        raise LeansslError(f"{bad}: not a setting of --method {cls.name} (its flags: {flags}; "
+                           f"`leanssl train --method {cls.name} --help` describes them)")
     return given
 
 
