@@ -61,6 +61,19 @@ def flag_of(f) -> str | None:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+def _default(f):
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def _shown(value) -> str:
+    """A default as --help shows it: 5e-4 as 0.0005, 2.0 as 2, (2, 8) as 2,8, booleans as on / off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(_shown, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _with_range(cls, name: str, text: str) -> str:
     rng = range_help(cls, name)
     return f"{text}; {rng}" if rng else text
@@ -78,7 +91,8 @@ def add_config_flags(p, cls, skip=()) -> None:
         if flag is None or f.name in skip:
             continue
         kind, meta = _kind(f), f.metadata
-        kw = dict(help=_with_range(cls, f.name, help_of(f)), default=meta.get("cli_default", f.default if f.default is not MISSING else None))
+        text = help_of(f).replace("{default}", _shown(f.default))
+        kw = dict(help=_with_range(cls, f.name, text), default=meta.get("cli_default", _default(f)))
         if kind == "bool":  # --no-progress is stored as given and turned round by config_values
             kw["action"] = "store_true"
             kw.pop("default")
@@ -119,13 +133,8 @@ def _method_fields(methods: dict) -> dict:
 def _method_help(method_cls, f) -> str:
     """The help line of one method's field: its text, its default, its range (argparse-escaped)."""
     text = help_of(f).replace("%", "%%") or f.name
-    default = f.default if f.default is not MISSING else f.default_factory()
-    if isinstance(default, bool):
-        text += f" (default {'on' if default else 'off'})"
-    elif isinstance(default, tuple):
-        text += f" (default {','.join(map(str, default))})"
-    elif default is not None:
-        text += f" (default {default})"
+    if _default(f) is not None:
+        text += f" (default {_shown(_default(f))})"
     return _with_range(method_cls.Config, f.name, text)
 
 

@@ -4,7 +4,8 @@
 
 Method configs and TrainConfig declare their fields this way, and `leanssl train`'s flags are generated
 from them (leanssl.cli_args), so a default, its flag and its help text live in one place.
-Metadata keys besides "help" (the help text may show the default as %(default)s, argparse's spelling):
+Metadata keys besides "help" (a TrainConfig help text shows its default as {default}; a method setting's
+help gets its default appended):
     flag         the flag's spelling when it is not --field-name (e.g. --budget), or None: not a flag
     type         "duration": the value is a time such as 90s, 10m or 1.5h (the annotation gives the others)
     metavar      the value's name in --help

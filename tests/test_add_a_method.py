@@ -81,7 +81,7 @@ def test_its_settings_are_flags_and_another_method_s_flag_is_an_error(tiny_npz, 
     with pytest.raises(SystemExit):
         main(["train", "--method", "toy", "--help"])
     text = capsys.readouterr().out
-    assert "settings of --method toy" in text and "sharpness of the uniformity loss (default 2.0)" in text
+    assert "settings of --method toy" in text and "sharpness of the uniformity loss (default 2)" in text
     assert "--kl-weight" not in text and "a single-view toy defined in tests/test_add_a_method.py" in text
 
 

@@ -7,7 +7,7 @@ flags are generated from them (leanssl.cli_args), so the Python API and the comm
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..checks import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Choice, Range, checked
@@ -32,21 +32,21 @@ _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction",
 class TrainConfig:
     data: str = opt("digits", "data SPEC: digits, fashion-mnist[:PATH], mnist:PATH, cifar10:PATH, cifar100:PATH, "
                               "stl10:PATH, folder:PATH (or a bare folder), npz:PATH", required=True)
-    method: str = opt("essl", "the method (default essl); its flags are listed by `leanssl train --method NAME --help`")
+    method: str = opt("essl", "the method (default {default}); its flags are listed by `leanssl train --method NAME --help`")
     backbone: str = opt("small_cnn", "small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
-    epochs: int = opt(100, "epochs (default 100; with --budget, a cap)", cli_default=None)
-    batch_size: int = opt(256, "global batch (default %(default)s): under torchrun it is split evenly across the "
+    epochs: int = opt(100, "epochs (default {default}; with --budget, a cap)", cli_default=None)
+    batch_size: int = opt(256, "global batch (default {default}): under torchrun it is split evenly across the "
                                "processes")
     lr: float | None = opt(None, "peak learning rate (default: the method's rate per 256 images x global batch/256; "
                                  "essl 0.5)")
     weight_decay: float = opt(5e-4, "SGD weight decay, not applied to biases and norm layers unless "
-                                    "--decay-norm-bias (default 5e-4)")
+                                    "--decay-norm-bias (default {default})")
     decay_norm_bias: bool = opt(False, "weight decay on biases and normalisation parameters too (the essl authors' "
                                        "recipe)")
     momentum: float = opt(0.9, "SGD momentum", flag=None)
-    warmup_epochs: float = opt(2.0, "linear learning-rate warm-up before the cosine decay (default 2)")
+    warmup_epochs: float = opt(2.0, "linear learning-rate warm-up before the cosine decay (default {default})")
     lr_schedule: str = opt("step", "cosine updated every step (default) or once per epoch (the essl authors' recipe)")
-    seed: int = opt(0, "seed of every random draw (default %(default)s)")
+    seed: int = opt(0, "seed of every random draw (default {default})")
     device: str = opt("auto", "auto (a CUDA GPU if visible, default), cpu or cuda")
     fraction: float = opt(1.0, "pretrain on a seeded, class-stratified fraction of the training split")
     resolution: int | None = opt(None, "training resolution (default: the source's); below the source's, evaluate "
@@ -54,7 +54,7 @@ class TrainConfig:
     progressive: int | None = opt(None, "progressive resolution: views at PX px for the first part of the run, then "
                                         "full size", metavar="PX")
     progressive_fraction: float = opt(0.75, "the part of the run (steps; with --budget, time) at the --progressive "
-                                            "size (default %(default)s)", metavar="F")
+                                            "size (default {default})", metavar="F")
     out: str = opt("runs/run", "run folder (default runs/<data>-<method>-<backbone>)", cli_default=None)
     cache_dir: str | None = opt(None, "decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
     log_every: int = opt(10, "steps between progress-bar updates", flag=None)
@@ -77,7 +77,7 @@ class TrainConfig:
     sync_bn: bool = opt(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), as in "
                                "one process")
     dist_timeout: float = opt(300.0, "under torchrun: how long a process waits for another before it stops with an "
-                                     "error (default 5m)", type="duration", metavar="TIME")
+                                     "error (default {default} s)", type="duration", metavar="TIME")
     all_images: bool = opt(False, "pretrain on the test split's images too (by default a labelled folder or npz "
                                   "without a test split keeps 20%% of each class back as one, for eval)")
     precision: str | None = opt(None, "bf16 autocast (matmuls and convolutions; weights and method state stay fp32) "
