@@ -1,43 +1,45 @@
-"""The essl ablation on real data: npid, then one component at a time, up to full essl.
+"""The essl ablation (npid, then one component at a time, up to full essl) — now the bench's `ablation`
+profile; this script only translates its old flags.
+
+    leanssl bench --data fashion-mnist --profile ablation --fractions 1 --epochs 10 --out runs/ablation
+    leanssl bench --data fashion-mnist --profile ablation --fractions 0.1 --epochs 30 --methods npid,essl
+
+The old command lines still work and run that command (--rows picks rows by number, as before; other
+`leanssl bench` flags, e.g. --dry-run, pass through):
 
     python benchmarks/ablation.py --data fashion-mnist --epochs 10 --fraction 1.0
-    python benchmarks/ablation.py --data fashion-mnist --epochs 30 --fraction 0.1
+    python benchmarks/ablation.py --data fashion-mnist --epochs 30 --fraction 0.1 --rows 0,4
 
-Each row trains with `leanssl train` and evaluates with `leanssl eval --json` in its own process
-(so peak memory is per run), at equal epochs. Finished rows are skipped on a rerun; results go to
-`benchmarks/results/ablation-<data>-f<fraction>-e<epochs>.json` and a markdown table is printed
-with the machine, date and commit.
+Each row is a bench cell with the row's method settings (leanssl/bench/grid.py lists them), trained in
+its own process and scored like every cell, with raw pixels and a random backbone as floors; the folder
+gets report.md, results.json and results.csv (BENCHMARKS.md's ablation tables were made by the older
+runner, which also scored a fraction's labels alone: `leanssl eval RUN --fraction F` does that).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
+import sys
 from pathlib import Path
 
-from common import ROOT, best_epoch_rate, cpu_name, git_commit, train_and_eval
-ROWS = [  # (name, extra train flags): each row adds one component to the one before
-    ("npid", ["--method", "npid"]),
-    ("+ calibration", ["--method", "npid", "--calibrate"]),
-    ("+ grad bank update", ["--method", "npid", "--calibrate", "--bank-update", "grad"]),
-    ("+ SqrtKL", ["--method", "npid", "--calibrate", "--bank-update", "grad", "--kl-weight", "20"]),
-    ("+ CutMix = essl", ["--method", "essl"]),
-    ("essl with ema update", ["--method", "essl", "--bank-update", "ema"]),
-]
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
 
 
-def run_row(name: str, flags: list[str], a: argparse.Namespace, run_dir: Path) -> dict:
-    floors = ["--baselines"] if name == ROWS[0][0] else ["--no-baselines"]  # raw pixels and a random backbone, once
-    label_sets = [("all", floors)] + ([("subset", ["--fraction", str(a.fraction), *floors])] if a.fraction < 1 else [])
-    flags = ["--backbone", a.backbone, "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
-             "--fraction", str(a.fraction), "--seed", str(a.seed), *flags]
-    row = train_and_eval(name, flags, run_dir, a.data, a.device, label_sets, a.cache_dir)
-    row["flags"] = flags[10:]
-    return row
+def bench_argv(a: argparse.Namespace) -> list[str]:
+    from leanssl.bench.grid import PROFILES
+
+    rows = [m if isinstance(m, str) else m.name for m in PROFILES["ablation"].methods]
+    tag = f"ablation-{a.data.split(':')[0]}-{a.backbone}-f{a.fraction:g}-e{a.epochs}"
+    argv = ["bench", "--data", a.data, "--profile", "ablation", "--backbones", a.backbone, "--fractions",
+            f"{a.fraction:g}", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--seed", str(a.seed),
+            "--device", a.device, "--out", str(Path(a.work) / tag)]
+    if a.rows:
+        argv += ["--methods", ",".join(rows[int(i)] for i in a.rows.split(","))]
+    return argv + (["--cache-dir", a.cache_dir] if a.cache_dir else [])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--backbone", default="small_cnn")
@@ -48,53 +50,12 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--rows", default=None, help="comma-separated row numbers to run (default: all)")
-    p.add_argument("--work", default=str(ROOT / "runs"), help="where the benchmark's run folders go")
-    a = p.parse_args()
+    p.add_argument("--work", default=str(ROOT / "runs"), help="where the bench folder goes")
+    from leanssl.cli import main as leanssl
 
-    tag = f"ablation-{a.data.split(':')[0]}-{a.backbone}-f{a.fraction:g}-e{a.epochs}"
-    out_json = ROOT / "results" / f"{tag}.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(out_json.read_text()) if out_json.exists() else {}
-    wanted = [int(i) for i in a.rows.split(",")] if a.rows else range(len(ROWS))
-    for i in wanted:
-        name, flags = ROWS[i]
-        if name in results:
-            continue
-        results[name] = run_row(name, flags, a, Path(a.work) / tag / f"row{i}")
-        out_json.write_text(json.dumps(results, indent=2))
-
-    import torch
-
-    lines = [f"Ablation `{tag}`: {a.data}, backbone {a.backbone}, {a.epochs} epochs, batch {a.batch_size}, "
-             f"fraction {a.fraction:g}, seed {a.seed}.",
-             f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-             f"{time.strftime('%Y-%m-%d')}; rows trained at commit(s) "
-             f"{', '.join(sorted({r.get('commit', '?') for r in results.values()}))}, table printed at {git_commit()}.",
-             f"Command: `python benchmarks/ablation.py --data {a.data} --backbone {a.backbone} --epochs {a.epochs} "
-             f"--batch-size {a.batch_size} --fraction {a.fraction:g}`", ""]
-    sub = a.fraction < 1
-    head = "| row | kNN top-1 | linear top-1 |" + (" kNN, subset labels | linear, subset labels |" if sub else "")
-    lines += [head + " train s | images/s | best-epoch images/s | peak RSS MB | load avg |", "|" + "---|" * (head.count("|") + 4)]
-    def acc(ev: dict) -> list[str]:
-        keys = ["all", "subset"] if sub else ["all"]
-        return [f"{100 * ev[k][m]:.2f}%" for k in keys for m in ("knn_top1", "linear_top1")]
-
-    first = results.get(ROWS[0][0])
-    if first:
-        for floor in ("raw_pixels", "random_init"):
-            ev = {k: v["baselines"][floor] for k, v in first["eval"].items()}
-            lines.append(f"| *{floor.replace('_', ' ')}* | " + " | ".join(acc(ev)) + " | – | – | – | – | – |")
-    for i, (name, _) in enumerate(ROWS):
-        if name not in results:
-            continue
-        r = results[name]
-        tr = r["train"]
-        best = r.get("best_epoch_images_per_s") or best_epoch_rate(Path(a.work) / tag / f"row{i}")
-        cells = acc(r["eval"]) + [f"{tr['train_seconds']:.0f}", f"{tr['images_per_s']:.0f}", f"{best:.0f}", f"{tr['peak_mem_mb']:.0f}",
-                                  "{:.1f}→{:.1f}".format(*r["loadavg"])]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    print("\n".join(lines))
+    a, rest = p.parse_known_args(argv)  # anything else goes to leanssl bench as given (e.g. --dry-run)
+    return leanssl(bench_argv(a) + rest)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

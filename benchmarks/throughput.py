@@ -51,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from common import commit_label, cpu_name
 from leanssl import accel
 from leanssl.data.loader import DeviceLoader
-from leanssl.methods import METHODS, get_method
+from leanssl.methods import get_method, pretraining_methods
 from leanssl.methods.base import DataInfo
 from leanssl.device import resolve_device
 from leanssl.distributed import SingleProcess
@@ -302,7 +302,8 @@ def table(out: dict) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (the profile's defaults follow it)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated leanssl methods (default: all)")
+    p.add_argument("--methods", default=",".join(pretraining_methods()),
+                   help="comma-separated leanssl methods (default: every pretraining method)")
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="also lightly's SimCLR (needs lightly)")
     p.add_argument("--shape", default=None, help="C,H,W of the synthetic images")
     p.add_argument("--images", type=int, default=None, help="synthetic data set size")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_args import parse_duration
+
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str) -> None:
     p.add_argument("run_dir", help="run folder (or an exported .safetensors file / timm folder)")
@@ -166,16 +168,18 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, help="CSV of the picks (rank, row, split, index, label, class, path)")
     p.set_defaults(func=cmd_select)
 
-    from .cli import parse_duration
+    from .bench.grid import PROFILES
 
     p = sub.add_parser("bench", help="methods x data fractions x backbones: cost and accuracy of each, report, plots",
                        description="Train every cell of the grid in its own process, evaluate it (kNN, linear probe, "
                        "few-shot, accuracy over time), and write results.json, results.csv, report.md and plots/ into "
                        "--out. Rerun the same command to continue a killed bench: finished cells are skipped.")
     p.add_argument("--data", required=True, help="data SPEC with labelled train and test splits (as for train)")
-    p.add_argument("--profile", choices=("cpu", "gpu"), default="cpu",
-                   help="preset grid: cpu (about an hour on 2 cores with Fashion-MNIST) or gpu (full scale, one H100)")
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: the profile's)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="cpu",
+                   help="preset grid (default cpu): " + "; ".join(f"{k}: {v.about}" for k, v in PROFILES.items()))
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods, or the profile's variants, e.g. the ablation's rows (default: the "
+                        "profile's)")
     p.add_argument("--backbones", default=None, help="comma-separated backbones (default: the profile's)")
     p.add_argument("--fractions", default=None, help="comma-separated pretraining data fractions, e.g. 0.01,0.1,1.0")
     length = p.add_mutually_exclusive_group()

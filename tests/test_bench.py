@@ -100,9 +100,10 @@ def test_bad_grid_is_refused_before_any_training(tiny_npz, tmp_path, capsys, ext
 
 def test_profiles_name_real_methods_and_backbones_and_flags_replace_them():
     for profile in PROFILES.values():
-        cells = build_grid(profile)  # raises on an unknown name
-        assert len(cells) == len(set(cells))
-        assert {c.mode for c in cells} == {"epochs", "budget"}  # both of the paper's comparisons
+        cells = build_grid(profile)  # raises on an unknown name or setting
+        assert len(cells) == len(set(cells)) and len(cells) == len({c.key for c in cells})
+        if profile.name in ("cpu", "gpu"):
+            assert {c.mode for c in cells} == {"epochs", "budget"}  # both of the paper's comparisons
     cells = build_grid(PROFILES["cpu"], methods=("essl", "byol"), backbones=("small_cnn",), fractions=(0.5, 1.0),
                        budget=30.0)
     assert [(c.method, c.fraction, c.budget, c.epochs) for c in cells] == [
@@ -220,3 +221,35 @@ def test_dry_run_estimates_the_grid_asked_for(capsys):
     assert "45-60" not in head  # the full profile's estimate is not this grid's
     assert main(["bench", "--data", "digits", "--dry-run"]) == 0
     assert "the full cpu profile: about 45-60 minutes" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_a_variant_cell_carries_its_method_settings_and_a_plain_cell_is_as_before():
+    from dataclasses import replace
+
+    from leanssl.bench.grid import Variant
+    from leanssl.errors import LeansslError
+
+    plain, variant = build_grid(PROFILES["ablation"], methods=("npid", "npid+calibration+grad"))
+    assert (plain.key, variant.key) == ("npid-small_cnn-f1-e8", "npid+calibration+grad-small_cnn-f1-e8")
+    assert plain.spec() == {"method": "npid", "backbone": "small_cnn", "fraction": 1.0, "epochs": 8, "budget": None}
+    assert variant.spec()["method_args"] == {"calibrate": True, "bank_update": "grad"}
+    assert variant.label.startswith("npid+calibration+grad small_cnn")
+    with pytest.raises(LeansslError, match="npid has no setting lr"):
+        build_grid(replace(PROFILES["ablation"], methods=(Variant("bad", "npid", (("lr", 1.0),)),)))
+
+
+def test_the_old_runner_scripts_run_their_profiles(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ablation
+    import methods
+
+    assert ablation.main(["--data", "digits", "--rows", "0,4", "--epochs", "3", "--work", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"2 cells, batch 256, results in {tmp_path / 'ablation-digits-small_cnn-f1-e3'}")
+    assert "1. npid small_cnn fraction 1, 3 epochs" in out and "2. essl small_cnn fraction 1, 3 epochs" in out
+    assert methods.main(["--data", "digits", "--budget", "90", "--methods", "essl,byol", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 cells, batch 256") and "2. byol small_cnn fraction 0.1, 90 s" in out

@@ -39,10 +39,9 @@ from ..models.backbones import build_backbone
 from ..runfolder import RunFolder
 from ..train import TrainConfig, TrainingInterrupted, train
 from ..train.callbacks import Callback
+from ..train.config import BUDGET_EPOCH_CAP
 from .flops import training_flops_per_image
 from .grid import EvalPlan
-
-BUDGET_EPOCH_CAP = 10_000  # epochs under a time budget: no limit in practice (as `leanssl train --budget`)
 
 
 def write_json(path: Path, obj) -> None:
@@ -149,7 +148,8 @@ def run_cell(folder: Path, spec: dict) -> dict:
     cfg = TrainConfig(data=spec["data"], method=c["method"], backbone=c["backbone"], fraction=c["fraction"],
                       epochs=c["epochs"] or BUDGET_EPOCH_CAP, time_budget=c["budget"], batch_size=spec["batch_size"],
                       seed=spec["seed"], device=spec["device"], out=str(run.path), cache_dir=spec.get("cache_dir"),
-                      progress=False)  # progress: a line at each curve point (per-epoch lines flood short epochs)
+                      progress=False,  # progress: a line at each curve point (per-epoch lines flood short epochs)
+                      method_args=c.get("method_args", {}))
     parts_path = folder / "parts.json"  # what is measured so far (a cell killed during evaluation keeps it)
     parts = json.loads(parts_path.read_text()) if parts_path.exists() else {}
     if not (run.summary() or {}).get("complete"):
@@ -282,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(argv[0])
     spec = json.loads((folder / "cell.json").read_text())
     try:
+        if spec.get("method_source"):  # a method defined outside leanssl registers when its file is imported
+            from ..methods.registry import import_file
+
+            import_file(spec["method_source"])
         (run_floors if spec["kind"] == "floors" else run_cell)(folder, spec)
     except LeansslError as e:
         print(f"leanssl: error: {e}", file=sys.stderr)

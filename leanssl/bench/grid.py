@@ -1,34 +1,58 @@
-"""The bench grid (methods x data fractions x backbones x training mode) and its cpu / gpu presets.
+"""The bench grid (methods x data fractions x backbones x training mode) and its presets (profiles).
 
 A profile is a list of blocks; each block is the product of its backbones, fractions and methods at
 one training length: `epochs` (equal epochs) or `budget` seconds (equal wall-clock: every run stops
-when its time is spent, and its learning-rate schedule follows the time). On the command line,
-`--methods` replaces every block's methods; giving any of `--backbones`, `--fractions`, `--epochs`
-or `--budget` makes the grid exactly their product, the others taken from the profile's first block.
+when its time is spent, and its learning-rate schedule follows the time). A profile's methods are
+method names or Variants (a method with some of its settings given: an ablation row). On the command
+line, `--methods` replaces every block's methods (a name may be one of the profile's variants);
+giving any of `--backbones`, `--fractions`, `--epochs` or `--budget` makes the grid exactly their
+product, the others taken from the profile's first block.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import LeansslError
 from ..eval.knn import KNN_K, KNN_T
+from ..methods import pretraining_methods
 
-# Methods that encode two or more augmented views of every image per step (the paper's "two-branch"
-# methods); essl and npid encode one.
-MULTI_VIEW = ("simclr", "mocov2", "byol", "simsiam", "swav", "barlow", "dino", "twist")
-SINGLE_VIEW = ("essl", "npid")
+
+@dataclass(frozen=True)
+class Variant:
+    """A method with some of its settings given (an ablation row), named for the table and the cell's folder."""
+
+    name: str
+    method: str
+    method_args: tuple[tuple[str, object], ...] = ()  # (field, value) pairs of the method's Config
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid: a method, a backbone, a data fraction and a training length."""
+    """One run of the grid: a method (with its settings, for a variant), a backbone, a data fraction and a
+    training length."""
 
     method: str
     backbone: str
     fraction: float
     epochs: int | None = None    # equal-epochs mode
     budget: float | None = None  # equal wall-clock mode: seconds of training (epochs is then no limit)
+    variant: str | None = None   # the variant's name; None: the method at its defaults
+    method_args: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """What the tables call it: the variant's name, else the method's."""
+        return self.variant or self.method
+
+    def spec(self) -> dict:
+        """The cell as cell.json and results.json hold it (a plain method's as before variants existed)."""
+        d = asdict(self)
+        if self.variant is None:
+            del d["variant"], d["method_args"]
+        else:
+            d["method_args"] = dict(self.method_args)
+        return d
 
     @property
     def mode(self) -> str:
@@ -43,11 +67,11 @@ class Cell:
     def key(self) -> str:
         """Folder name: essl-small_cnn-f0.1-e10 or essl-small_cnn-f0.1-b60s."""
         length = f"b{self.budget:g}s" if self.budget is not None else f"e{self.epochs}"
-        return f"{self.method}-{self.backbone.replace('/', '_')}-f{self.fraction:g}-{length}"
+        return f"{self.name}-{self.backbone.replace('/', '_')}-f{self.fraction:g}-{length}"
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.backbone} fraction {self.fraction:g}, {self.length}"
+        return f"{self.name} {self.backbone} fraction {self.fraction:g}, {self.length}"
 
 
 @dataclass(frozen=True)
@@ -56,11 +80,17 @@ class Block:
     fractions: tuple[float, ...]
     epochs: int | None = None
     budget: float | None = None
-    methods: tuple[str, ...] | None = None  # None: the profile's methods
+    methods: tuple[str | Variant, ...] | None = None  # None: the profile's methods
 
-    def cells(self, methods: tuple[str, ...]) -> list[Cell]:
-        return [Cell(m, b, f, self.epochs, self.budget)
+    def cells(self, methods: tuple[str | Variant, ...]) -> list[Cell]:
+        return [_cell(m, b, f, self.epochs, self.budget)
                 for b in self.backbones for f in self.fractions for m in (self.methods or methods)]
+
+
+def _cell(m: str | Variant, backbone: str, fraction: float, epochs: int | None, budget: float | None) -> Cell:
+    if isinstance(m, Variant):
+        return Cell(m.method, backbone, fraction, epochs, budget, m.name, m.method_args)
+    return Cell(m, backbone, fraction, epochs, budget)
 
 
 @dataclass(frozen=True)
@@ -85,7 +115,10 @@ class EvalPlan:
 class Profile:
     name: str
     about: str
-    methods: tuple[str, ...]
+    methods: tuple[str | Variant, ...] | None  # None: every pretraining method known when the grid is built
+
+    def method_list(self) -> tuple[str | Variant, ...]:
+        return self.methods if self.methods is not None else tuple(pretraining_methods())
     blocks: tuple[Block, ...]
     batch_size: int
     eval: EvalPlan = field(default_factory=EvalPlan)
@@ -111,12 +144,40 @@ PROFILES = {
     "gpu": Profile(
         "gpu", "the full-scale grid for one H100: every method, the paper's 200 epochs; roughly 10-16 hours "
         "(estimated from counted FLOPs, not yet measured)",
-        methods=("essl", "npid", "simclr", "mocov2", "byol", "simsiam", "swav", "barlow", "dino", "twist"),
+        methods=None,
         blocks=(
             Block(("resnet18_cifar", "mobilenetv3_small_100", "vit_tiny_cifar", "small_cnn"), (0.01, 0.1, 1.0),
                   epochs=200),
             Block(("resnet18_cifar",), (0.1, 1.0), budget=600.0),
         ),
+        batch_size=256,
+        eval=EvalPlan(),
+    ),
+    # What benchmarks/methods.py ran: every method on one harness, scored on the whole labelled splits.
+    "methods": Profile(
+        "methods", "every method, 10 epochs on 10% of the data with small_cnn: about 50 minutes of training on 2 "
+        "busy cores with Fashion-MNIST (BENCHMARKS.md's methods table), plus each cell's evaluation on the whole "
+        "labelled splits",
+        methods=None,
+        blocks=(Block(("small_cnn",), (0.1,), epochs=10),),
+        batch_size=256,
+        eval=EvalPlan(),
+    ),
+    # What benchmarks/ablation.py ran: npid, then one of essl's components at a time, up to essl.
+    "ablation": Profile(
+        "ablation", "npid to essl one component at a time, 8 epochs on all the data with small_cnn: about an hour "
+        "of training on 2 busy cores with Fashion-MNIST (BENCHMARKS.md's ablation table, which had one row fewer), "
+        "plus each cell's evaluation on the whole labelled splits",
+        methods=(
+            "npid",
+            Variant("npid+calibration", "npid", (("calibrate", True),)),
+            Variant("npid+calibration+grad", "npid", (("calibrate", True), ("bank_update", "grad"))),
+            Variant("npid+calibration+grad+sqrtkl", "npid",
+                    (("calibrate", True), ("bank_update", "grad"), ("kl_weight", 20.0))),
+            "essl",  # = the row above + CutMix
+            Variant("essl-ema", "essl", (("bank_update", "ema"),)),
+        ),
+        blocks=(Block(("small_cnn",), (1.0,), epochs=8),),
         batch_size=256,
         eval=EvalPlan(),
     ),
@@ -156,21 +217,25 @@ def build_grid(profile: Profile, methods=None, backbones=None, fractions=None, e
         length = dict(epochs=epochs, budget=budget) if given else dict(epochs=first.epochs, budget=first.budget)
         blocks = [Block(backbones or first.backbones, fractions or first.fractions, **length)]
     if methods is not None:
-        blocks = [replace(b, methods=tuple(methods)) for b in blocks]
-    cells = list(dict.fromkeys(c for b in blocks for c in b.cells(profile.methods)))
+        variants = {m.name: m for m in profile.method_list() if isinstance(m, Variant)}
+        blocks = [replace(b, methods=tuple(variants.get(m, m) for m in methods)) for b in blocks]
+    cells = list(dict.fromkeys(c for b in blocks for c in b.cells(profile.method_list())))
     check_names(cells)
     return cells
 
 
 def check_names(cells: list[Cell]) -> None:
-    """Unknown methods and backbones are one clear error, before anything is trained."""
+    """Unknown methods, settings and backbones are one clear error, before anything is trained."""
     from ..methods import METHODS
+    from ..methods.base import config_from_args
     from ..models.backbones import check_backbone_name
 
     bad = sorted({c.method for c in cells} - set(METHODS))
     if bad:
         raise LeansslError(f"unknown method{'s' * (len(bad) > 1)} {', '.join(bad)}: "
                            f"choose from {', '.join(sorted(METHODS))}")
+    for c in cells:
+        config_from_args(METHODS[c.method].Config, dict(c.method_args))
     for name in dict.fromkeys(c.backbone for c in cells):
         check_backbone_name(name)
 

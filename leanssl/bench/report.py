@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .grid import MULTI_VIEW
+from ..methods import METHODS
 
 PLOTS = ("accuracy_vs_cost", "accuracy_vs_fraction", "accuracy_vs_time")
 
@@ -37,6 +37,16 @@ def _length(r: dict) -> str:
     return f"{r['budget']:g} s" if r.get("budget") is not None else f"{r['epochs']} epoch{'s' * (r['epochs'] != 1)}"
 
 
+def _name(r: dict) -> str:
+    """A cell's name in tables and plots: its variant's (an ablation row), else its method's."""
+    return r.get("variant") or r["method"]
+
+
+def _multi_view(names) -> list[str]:
+    """The multi-view methods among `names`, in METHODS' order (a method this version lacks counts as not)."""
+    return [m for m, cls in METHODS.items() if m in names and cls.views > 1]
+
+
 def _group(r: dict) -> tuple:
     """Cells trained alike: same backbone, data fraction and training length."""
     return (r["backbone"], r["fraction"], r["mode"], r.get("budget") or r.get("epochs"))
@@ -53,7 +63,7 @@ def results_table(cells: list[dict]) -> list[str]:
         ev = r["eval"]
         best = r.get("best_epoch_images_per_s")
         load = r.get("loadavg_before"), r.get("loadavg_after")
-        rows.append([f"`{r['method']}`", r["backbone"], f"{r['fraction']:g} ({r['train_images']})", _length(r),
+        rows.append([f"`{_name(r)}`", r["backbone"], f"{r['fraction']:g} ({r['train_images']})", _length(r),
                      f"{r['epochs_done']} / {r['steps_done']}", f"{r['train_seconds']:.0f}",
                      f"{r['images_per_s'] or 0:.0f}" + (f" ({best:.0f})" if best else ""),
                      f"{r['peak_mem_mb']:.0f}", f"{r['flops_per_image'] / 1e9:.3f}",
@@ -121,12 +131,11 @@ def _pairs(cells: list[dict], mode: str | None = None):
     """(essl result, multi-view result) for every group holding both."""
     groups = defaultdict(dict)
     for r in cells:
-        groups[_group(r)][r["method"]] = r
+        groups[_group(r)][_name(r)] = r
     for g, by in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if "essl" in by and (mode is None or g[2] == mode):
-            for m in MULTI_VIEW:
-                if m in by:
-                    yield by["essl"], by[m]
+            for m in _multi_view(by):
+                yield by["essl"], by[m]
 
 
 def _where(r: dict) -> str:
@@ -172,14 +181,14 @@ def _gaps(cells: list[dict], vary: str) -> dict:
     out = defaultdict(dict)
     by_group = defaultdict(dict)
     for r in cells:
-        by_group[_group(r)][r["method"]] = r
+        by_group[_group(r)][_name(r)] = r
     for g, by in by_group.items():
-        if "essl" not in by or not any(m in by for m in MULTI_VIEW):
+        if "essl" not in by or not _multi_view(by):
             continue
         backbone, fraction, mode, length = g
         rest = (mode, length) + ((backbone,) if vary == "fraction" else (fraction,))
         x = fraction if vary == "fraction" else by["essl"]["flops_per_image"]
-        best = max((by[m] for m in MULTI_VIEW if m in by), key=lambda r: r["eval"]["knn_top1"])
+        best = max((by[m] for m in _multi_view(by)), key=lambda r: r["eval"]["knn_top1"])
         var = _acc_variance(by["essl"], "knn_top1") + _acc_variance(best, "knn_top1")
         out[rest][x] = (by["essl"]["eval"]["knn_top1"] - best["eval"]["knn_top1"], backbone, var)
     return {k: v for k, v in out.items() if len(v) >= 2}
@@ -237,7 +246,7 @@ def claims_section(cells: list[dict]) -> list[str]:
 
 
 def _style(cells: list[dict]):
-    methods = list(dict.fromkeys(r["method"] for r in cells))
+    methods = list(dict.fromkeys(_name(r) for r in cells))
     backbones = list(dict.fromkeys(r["backbone"] for r in cells))
     import matplotlib
 
@@ -322,8 +331,8 @@ def plot_cost(cells: list[dict], path: Path, plt, floors: dict | None = None) ->
                 cost = r["train_seconds"] if key == "train_seconds" else r["flops_per_image"] * r["images_seen"]
                 x, y = cost / scale, 100 * r["eval"]["knn_top1"]
                 pts.append((x, y))
-                ax.scatter(x, y, color=colours[r["method"]], marker=markers[r["backbone"]], s=36, zorder=3,
-                           facecolors="none" if r["mode"] == "budget" else colours[r["method"]])
+                ax.scatter(x, y, color=colours[_name(r)], marker=markers[r["backbone"]], s=36, zorder=3,
+                           facecolors="none" if r["mode"] == "budget" else colours[_name(r)])
             front = _pareto(pts)
             ax.plot([p[0] for p in front], [p[1] for p in front], color="black", lw=1, ls="--", drawstyle="steps-post",
                     zorder=2)
@@ -356,7 +365,7 @@ def plot_fraction(cells: list[dict], path: Path, plt, floors: dict | None = None
     for ax, g in zip(axes.flat, keys):
         by_method = defaultdict(list)
         for r in groups[g]:
-            by_method[r["method"]].append(r)
+            by_method[_name(r)].append(r)
         for m, rs in by_method.items():
             rs.sort(key=lambda r: r["fraction"])
             xs = [r["fraction"] for r in rs]
@@ -387,8 +396,8 @@ def plot_time(cells: list[dict], path: Path, plt, floors: dict | None = None) ->
     for ax, g in zip(axes.flat, keys):
         for r in groups[g]:
             pts = r["curve"]
-            ax.plot([p["seconds"] for p in pts], [100 * p["knn_top1"] for p in pts], color=colours[r["method"]],
-                    marker="o", ms=3, label=r["method"])
+            ax.plot([p["seconds"] for p in pts], [100 * p["knn_top1"] for p in pts], color=colours[_name(r)],
+                    marker="o", ms=3, label=_name(r))
         r0 = groups[g][0]
         ax.set_xlim(left=0)
         ax.set_title(f"{r0['backbone']}, fraction {r0['fraction']:g}, {_length(r0)}", fontsize=9)

@@ -47,8 +47,16 @@ class BenchPlan:
 
 def cell_spec(plan: BenchPlan, cell: Cell) -> dict:
     """Everything that determines a cell's numbers (compared with what an existing cell folder was run with)."""
-    return {"kind": "cell", "key": cell.key, "cell": asdict(cell), "data": plan.data, "batch_size": plan.batch_size,
+    return {"kind": "cell", "key": cell.key, "cell": cell.spec(), "data": plan.data, "batch_size": plan.batch_size,
             "seed": plan.seed, "device": plan.device, "eval": asdict(plan.eval)}
+
+
+def _method_source(cell: Cell) -> dict:
+    """For a method defined outside leanssl: the file the cell's process imports to know it."""
+    from ..methods.registry import source_file
+
+    path = source_file(cell.method)
+    return {"method_source": path} if path else {}
 
 
 def check_data(plan: BenchPlan) -> None:
@@ -69,7 +77,8 @@ def check_data(plan: BenchPlan) -> None:
 
 def _identity(spec: dict) -> dict:
     """The spec as it reads back from JSON (tuples as lists), less what does not change the numbers."""
-    return {k: v for k, v in json.loads(json.dumps(spec)).items() if k not in ("flops_per_image", "cache_dir", "commit")}
+    return {k: v for k, v in json.loads(json.dumps(spec)).items()
+            if k not in ("flops_per_image", "cache_dir", "commit", "method_source")}
 
 
 def _prepare(folder: Path, spec: dict) -> None:
@@ -151,7 +160,7 @@ def _summary_line(r: dict) -> str:
 def _flops_key(c: Cell) -> tuple:
     """Cells that share this share their FLOPs per image (the same step on the same data size; batch and
     resolution are the same for the whole bench)."""
-    return (c.method, c.backbone, c.fraction)
+    return (c.method, c.method_args, c.backbone, c.fraction)
 
 
 def collect(plan: BenchPlan, failed: dict, info: dict) -> dict:
@@ -233,7 +242,7 @@ def run_bench(plan: BenchPlan) -> dict:
             print(f"{tag}: finished earlier, skipped", flush=True)
             continue
         spec = {**cell_spec(plan, c), "cache_dir": plan.cache_dir, "flops_per_image": flops.get(_flops_key(c)),
-                "commit": info["machine"]["commit"]}
+                "commit": info["machine"]["commit"], **_method_source(c)}
         _prepare(folder, spec)
         state = "resuming its checkpoint" if RunFolder(folder / "run").has_checkpoint() else "training"
         print(f"{tag}: {state} ({folder})", flush=True)

@@ -27,6 +27,7 @@ import torch
 from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, checked
 from .. import distributed
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .common import by_size, byol_crop_colour, byol_views
 
@@ -34,10 +35,10 @@ from .common import by_size, byol_crop_colour, byol_views
 @dataclass
 @checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, lambd=NON_NEGATIVE, scale=POSITIVE)
 class BarlowConfig:
-    dim: int | None = None          # projection width; None: 2048 at <= 32 px, 8192 above
-    proj_hidden: int | None = None  # None: equal to dim
-    lambd: float = 0.0051           # weight of the off-diagonal (redundancy) terms
-    scale: float = 1.0              # loss multiplier (see the module docstring)
+    dim: int | None = opt(None, "projection width (default: 2048 at <= 32 px, 8192 above)")
+    proj_hidden: int | None = opt(None, "projector hidden width (default: equal to --dim)")
+    lambd: float = opt(0.0051, "weight of the off-diagonal (redundancy) terms")
+    scale: float = opt(1.0, "loss multiplier (see methods/barlow.py)")
 
 
 def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor:
@@ -52,6 +53,8 @@ def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tenso
 
 class BarlowTwins(Method):
     name = "barlow"
+    description = "two views, the cross-correlation of their projections driven to the identity (Zbontar et al. 2021)"
+    views = 2
     Config = BarlowConfig
     default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 

@@ -7,6 +7,12 @@ optimiser step; everything in the method's state dict is checkpointed and restor
 Under torchrun every process holds a full replica: the loop wraps the method in
 DistributedDataParallel (its `forward` is `training_step`), and the method keeps its own state
 (bank, queue, centre) equal on every rank by combining the ranks' rows (leanssl.distributed).
+
+A subclass that sets `name` registers itself in METHODS when its class statement runs: leanssl.methods
+imports the built-in ones, and one defined anywhere else (a user's module, a test file) is known once
+that module is imported. Everything else about a method is declared on its class: its settings
+(`Config`, a dataclass whose fields are also `leanssl train` flags), `description`, `views`,
+`default_lr`, `needs_teacher` (docs/adding-a-method.md).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from torch import nn
 
 from ..data.augment import AugConfig, BatchAugment
 from ..data.loader import DeviceLoader
+from ..errors import LeansslError
+from .registry import METHODS, register
 
 
 @dataclass
@@ -31,8 +39,19 @@ class DataInfo:
     std: tuple[float, ...]
 
 
+@dataclass
+class NoConfig:
+    """The settings of a method that has none."""
+
+
 class Method(nn.Module):
     name: str = "method"
+    description: str = ""  # one line, for `leanssl train --help`
+    Config: type = NoConfig  # its settings: a dataclass, each field a `leanssl train` flag (leanssl.options.opt)
+    # Augmented views of every image per step (multi-crop methods: the global views, local crops come on top):
+    # 1 is the single-branch family essl belongs to; the bench compares it with the methods that use more.
+    views: int = 1
+    needs_teacher: bool = False  # it distils a trained run (`leanssl distill`) instead of pretraining from scratch
     # Peak SGD learning rate per 256 images when --lr is not given (essl/npid: the authors' 1.0 at batch 512).
     default_lr: float = 0.5
     # Where training is, set by the loop before every step (`set_progress`): schedules read it.
@@ -42,6 +61,11 @@ class Method(nn.Module):
     # Under torchrun: whether some trainable parameter may get no gradient in a step (a layer frozen for
     # a while); DistributedDataParallel must then look for such parameters every step.
     ddp_find_unused: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a class that names itself is a method; a wrapper of one (no name) is not
+            register(cls)
 
     def __init__(self, backbone: nn.Module, data: DataInfo, aug: AugConfig | None = None):
         super().__init__()
@@ -108,6 +132,10 @@ class Method(nn.Module):
 
 
 def config_from_args(cls, values: dict):
-    """Build a method's typed config from a dict, ignoring keys it does not declare or that are None."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+    """Build a method's typed config from a dict; a key it does not declare is an error (None: its default)."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        method = next((n for n, m in METHODS.items() if m.Config is cls), cls.__name__)
+        raise LeansslError(f"{method} has no setting {', '.join(unknown)} (its settings: {', '.join(names) or 'none'})")
+    return cls(**{k: v for k, v in values.items() if v is not None})

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..checks import AT_LEAST_1, FRACTION, checked
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .common import by_size, byol_crop_colour, byol_views, cosine_momentum, ema_update, frozen_copy
 
@@ -38,9 +39,10 @@ from .common import by_size, byol_crop_colour, byol_views, cosine_momentum, ema_
 @dataclass
 @checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, momentum=FRACTION)
 class ByolConfig:
-    dim: int = 256               # projection / prediction width
-    proj_hidden: int = 4096      # projector and predictor hidden width
-    momentum: float | None = None  # τ_base; None: 0.99 at <= 32 px, 0.996 above; cosine to 1 over training
+    dim: int = opt(256, "projection / prediction width")
+    proj_hidden: int = opt(4096, "projector and predictor hidden width")
+    momentum: float | None = opt(None, "target EMA τ_base, cosine to 1 over training (default: 0.99 at <= 32 px, "
+                                       "0.996 above)")
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -50,6 +52,8 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 class BYOL(Method):
     name = "byol"
+    description = "two views, an online network predicts an EMA target's projection (Grill et al. 2020)"
+    views = 2
     Config = ByolConfig
     default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 

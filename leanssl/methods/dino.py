@@ -43,6 +43,7 @@ from ..checks import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, checked
 from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .common import (augmenter, by_size, byol_views, cosine_momentum, ema_update, encode_by_size, frozen_copy,
                      local_crop_size)
@@ -54,21 +55,22 @@ from .common import (augmenter, by_size, byol_views, cosine_momentum, ema_update
          center_momentum=FRACTION, momentum=FRACTION, local_crops=NON_NEGATIVE, local_size=AT_LEAST_1,
          freeze_last_layer_epochs=NON_NEGATIVE)
 class DinoConfig:
-    dim: int | None = None                # K, the output width; None: 4096 at <= 32 px, 65536 above
-    proj_hidden: int = 2048
-    bottleneck: int = 256
-    head_bn: bool = False                 # BatchNorm in the head's MLP (use_bn_in_head)
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07            # after the warm-up
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 30
-    center_momentum: float = 0.9
-    momentum: float = 0.996               # teacher EMA at step 0, cosine to 1 over training
-    local_crops: int = 8
-    local_size: int | None = None         # None: 96 px at 224 px, half the side at <= 32 px
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    freeze_last_layer_epochs: int = 1
+    dim: int | None = opt(None, "K, the head's output width (default: 4096 at <= 32 px, 65536 above)")
+    proj_hidden: int = opt(2048, "head MLP hidden width")
+    bottleneck: int = opt(256, "head bottleneck width before the weight-normalised last layer")
+    head_bn: bool = opt(False, "BatchNorm in the head's MLP (use_bn_in_head)")
+    student_temp: float = opt(0.1, "student temperature")
+    teacher_temp: float = opt(0.07, "teacher temperature after the warm-up")
+    warmup_teacher_temp: float = opt(0.04, "teacher temperature at the start of the warm-up")
+    warmup_teacher_temp_epochs: int = opt(30, "epochs of the teacher temperature's linear warm-up")
+    center_momentum: float = opt(0.9, "EMA momentum of the teacher's centre")
+    momentum: float = opt(0.996, "teacher EMA at step 0, cosine to 1 over training")
+    local_crops: int = opt(8, "small local crops per image, besides the two global views")
+    local_size: int | None = opt(None, "local crop side in px (default: 96 at 224 px, half the side at <= 32 px)")
+    global_scale: tuple[float, float] = opt((0.14, 1.0), "RandomResizedCrop area range of the global views, e.g. "
+                                                         "0.14,1")
+    local_scale: tuple[float, float] = opt((0.05, 0.14), "RandomResizedCrop area range of the local crops")
+    freeze_last_layer_epochs: int = opt(1, "epochs during which the head's last layer is not trained")
 
 
 class DinoHead(nn.Module):
@@ -94,6 +96,8 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
 
 class DINO(Method):
     name = "dino"
+    description = "multi-crop self-distillation from an EMA teacher with centring and sharpening (Caron et al. 2021)"
+    views = 2  # global views; local_crops small crops on top
     Config = DinoConfig
     default_lr = 0.03  # per 256 images: the authors' SGD recipe for ResNets, 0.03·B/256
     ddp_find_unused = True  # the last layer gets no gradient in the first epoch

@@ -30,6 +30,7 @@ from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Choice, Range, checked
 from .. import distributed
 from ..bank import MemoryBank
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .ssql import check_bits, draw_bits, ssql_term
 
@@ -39,21 +40,25 @@ from .ssql import check_bits, draw_bits, ssql_term
          cutmix_alpha=NON_NEGATIVE, bank_momentum=Range(0, 1, hi_open=True), bank_lr=POSITIVE,
          bank_update=Choice(("grad", "ema")), calibrate_views=Choice(("plain", "augmented")), ssql_weight=NON_NEGATIVE)
 class EsslConfig:
-    dim: int = 128                 # bank width D (paper 2048; NPID's 128 costs 16x less per scored column)
-    proj_hidden: int | None = None  # projection MLP width; None: 2048 (paper) for >= 512-d backbones, else 4x width
-    negatives: int = 10000         # k sampled bank rows per step (paper 10000); all rows when N <= k + B
-    tau: float = 0.2               # CE temperature on cosines
-    kl_weight: float = 20.0        # λ_KL for SqrtKL self-distillation; 0 switches it off
-    cutmix_alpha: float = 0.5      # Beta(α, α) for CutMix; 0 switches it off
-    cutmix_half: bool = True       # λ = max(λ, 1 − λ) as the authors do: the pasted box is at most half (ablation: off)
-    bank_update: str = "grad"      # "grad" (the paper's correction) or "ema" (NPID, authors' code)
-    bank_momentum: float = 0.5     # m for the ema rule
-    bank_lr: float = 0.1           # η for the grad rule, per-sample *summed* CE convention (see bank.update_grad)
-    kl_to_bank: bool = False       # let SqrtKL's gradient reach the bank in the grad rule (ablation)
-    calibrate: bool = True         # fill the bank from one pass of the untrained network before epoch 1
-    calibrate_views: str = "plain"  # "plain": un-augmented images; "augmented": the training view, shuffled (authors)
-    ssql_weight: float = 0.0       # weight of the SSQL quantisation term (methods/ssql.py); 0 switches it off
-    ssql_bits: tuple = (2, 8)      # its bit-width range, one drawn per step
+    dim: int = opt(128, "bank / projection width D (paper 2048; NPID's 128 costs 16x less per scored column)")
+    proj_hidden: int | None = opt(None, "projection MLP hidden width (default: 2048, the paper's, for >= 512-d "
+                                        "backbones, else 4x the backbone's width)")
+    negatives: int = opt(10000, "k bank rows sampled as negatives per step (paper 10000; all rows when N <= k + B)")
+    tau: float = opt(0.2, "temperature of the instance-discrimination CE on cosines")
+    kl_weight: float = opt(20.0, "λ_KL of SqrtKL self-distillation (0: off)")
+    cutmix_alpha: float = opt(0.5, "CutMix Beta(α, α) (0: off)")
+    cutmix_half: bool = opt(True, "CutMix λ = max(λ, 1 − λ) as the authors do: the pasted box is at most half "
+                                  "(ablation: off)")
+    bank_update: str = opt("grad", "bank update rule: grad (the paper's correction) or ema (NPID, the authors' code)")
+    bank_momentum: float = opt(0.5, "m of the ema bank rule")
+    bank_lr: float = opt(0.1, "η of the grad bank rule (per-sample summed-loss convention, bank.update_grad)")
+    kl_to_bank: bool = opt(False, "let SqrtKL's gradient reach the bank in the grad rule (ablation)")
+    calibrate: bool = opt(True, "feature-calibrated bank initialisation: one pass of the untrained network fills "
+                                "every row before epoch 1 (off: random rows)")
+    calibrate_views: str = opt("plain", "calibration images: plain (un-augmented) or augmented (the training view, "
+                                        "shuffled, as the authors)")
+    ssql_weight: float = opt(0.0, "weight of the SSQL quantisation term (methods/ssql.py; 0: off)")
+    ssql_bits: tuple = opt((2, 8), "the SSQL term's bit-width range, one drawn per step, e.g. 2,8")
 
 
 def sqrt_kl(s: torch.Tensor) -> torch.Tensor:
@@ -99,6 +104,7 @@ def cutmix(v: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.G
 
 class ESSL(Method):
     name = "essl"
+    description = "single-branch instance discrimination against a memory bank, with SqrtKL and CutMix"
     Config = EsslConfig
 
     def __init__(self, backbone, data, cfg: EsslConfig | None = None, aug=None):

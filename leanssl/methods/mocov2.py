@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ..checks import AT_LEAST_1, FRACTION, POSITIVE, checked
 from .. import distributed
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .common import by_size, ema_update, frozen_copy
 
@@ -44,12 +45,13 @@ from .common import by_size, ema_update, frozen_copy
 @checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, queue=AT_LEAST_1, momentum=FRACTION, tau=POSITIVE,
          bn_splits=AT_LEAST_1)
 class Mocov2Config:
-    dim: int = 128                  # key/query width
-    proj_hidden: int | None = None  # None: the backbone's width
-    queue: int | None = None        # K; None: 4096 at <= 32 px, 65536 above; never more than N
-    momentum: float | None = None   # m; None: 0.99 at <= 32 px, 0.999 above (constant, as in MoCo)
-    tau: float | None = None        # None: 0.1 at <= 32 px, 0.2 above
-    bn_splits: int = 8              # shuffle-BN groups for the key encoder (1: plain BatchNorm)
+    dim: int = opt(128, "key / query width")
+    proj_hidden: int | None = opt(None, "projection MLP hidden width (default: the backbone's width)")
+    queue: int | None = opt(None, "K keys in the queue (default: 4096 at <= 32 px, 65536 above; never more than N)")
+    momentum: float | None = opt(None, "key-encoder EMA m, constant as in MoCo (default: 0.99 at <= 32 px, 0.999 "
+                                       "above)")
+    tau: float | None = opt(None, "InfoNCE temperature (default: 0.1 at <= 32 px, 0.2 above)")
+    bn_splits: int = opt(8, "shuffle-BN groups for the key encoder (1: plain BatchNorm)")
 
 
 def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, queue_idx: torch.Tensor,
@@ -64,6 +66,8 @@ def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, queue_idx
 
 class MoCoV2(Method):
     name = "mocov2"
+    description = "two views, InfoNCE against a queue of keys from a momentum encoder (Chen et al. 2020)"
+    views = 2
     Config = Mocov2Config
     default_lr = 0.03  # per 256 images: the authors' SGD recipe: 0.03·B/256 (their CIFAR demo: 0.06 at 512)
 

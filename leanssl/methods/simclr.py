@@ -30,6 +30,7 @@ from ..checks import AT_LEAST_1, POSITIVE, checked
 from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .common import by_size, is_small
 from .ssql import check_bits, draw_bits, ssql_term
@@ -38,11 +39,11 @@ from .ssql import check_bits, draw_bits, ssql_term
 @dataclass
 @checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, tau=POSITIVE)
 class SimclrConfig:
-    dim: int = 128                  # projection output
-    proj_hidden: int | None = None  # None: the backbone's width
-    tau: float | None = None        # None: 0.5 at <= 32 px, 0.1 above
-    ssql_weight: float = 0.0        # weight of the SSQL quantisation term on the first view (methods/ssql.py); 0: off
-    ssql_bits: tuple = (2, 8)       # its bit-width range, one drawn per step
+    dim: int = opt(128, "projection output width")
+    proj_hidden: int | None = opt(None, "projection MLP hidden width (default: the backbone's width)")
+    tau: float | None = opt(None, "NT-Xent temperature (default: 0.5 at <= 32 px, 0.1 above)")
+    ssql_weight: float = opt(0.0, "weight of the SSQL quantisation term on the first view (methods/ssql.py; 0: off)")
+    ssql_bits: tuple = opt((2, 8), "the SSQL term's bit-width range, one drawn per step, e.g. 2,8")
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -68,6 +69,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 
 class SimCLR(Method):
     name = "simclr"
+    description = "two views, NT-Xent against the batch's other embeddings (Chen et al. 2020)"
+    views = 2
     Config = SimclrConfig
     default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 

@@ -25,14 +25,16 @@ import torch.nn.functional as F
 
 from ..errors import LeansslError
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 
 
 @dataclass
 class SimregConfig:
-    teacher: str = ""               # the teacher's run folder
-    head_layers: int = 4            # depth of the prediction MLP (SimReg's deeper head)
-    proj_hidden: int | None = None  # its hidden width; None: 2048 for >= 512-d teachers, else 4x the teacher's width
+    teacher: str = opt("", "the teacher's run folder (`leanssl distill TEACHER`'s argument)", flag=None)
+    head_layers: int = opt(4, "depth of the student's prediction MLP, dropped from the export (SimReg's deeper head)")
+    proj_hidden: int | None = opt(None, "the prediction MLP's hidden width (default: 2048 for >= 512-d teachers, "
+                                        "else 4x the teacher's width)")
 
 
 def regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,6 +45,8 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class SimReg(Method):
     name = "simreg"
+    description = "distil a trained run's frozen backbone into a student by feature regression (leanssl distill)"
+    needs_teacher = True
     Config = SimregConfig
     default_lr = 0.5  # per 256, as essl: the same single-view SGD loop
 

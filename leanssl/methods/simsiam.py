@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..checks import AT_LEAST_1, checked
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .common import by_size
 
@@ -32,10 +33,10 @@ from .common import by_size
 @dataclass
 @checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, pred_hidden=AT_LEAST_1, proj_layers=AT_LEAST_1)
 class SimsiamConfig:
-    dim: int = 2048                  # projection width (the predictor's input and output)
-    proj_hidden: int | None = None   # None: the backbone's width
-    pred_hidden: int = 512           # predictor bottleneck
-    proj_layers: int | None = None   # None: 2 at <= 32 px, 3 above
+    dim: int = opt(2048, "projection width (the predictor's input and output)")
+    proj_hidden: int | None = opt(None, "projection MLP hidden width (default: the backbone's width)")
+    pred_hidden: int = opt(512, "predictor bottleneck width")
+    proj_layers: int | None = opt(None, "projection MLP depth (default: 2 at <= 32 px, 3 above)")
 
 
 def neg_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -45,6 +46,8 @@ def neg_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 class SimSiam(Method):
     name = "simsiam"
+    description = "two views, BYOL without the momentum encoder: a stop-gradient (Chen & He 2021)"
+    views = 2
     Config = SimsiamConfig
     default_lr = 0.03  # per 256 images: the paper's CIFAR SGD recipe, 0.03·B/256
 

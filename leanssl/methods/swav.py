@@ -38,6 +38,7 @@ from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, checked
 from .. import distributed
 from ..data.augment import AugConfig
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .common import augmenter, encode_by_size, local_crop_size
 
@@ -47,19 +48,21 @@ from .common import augmenter, encode_by_size, local_crop_size
          sinkhorn_iters=AT_LEAST_1, local_crops=NON_NEGATIVE, local_size=AT_LEAST_1, queue_length=NON_NEGATIVE,
          queue_start_epoch=NON_NEGATIVE, freeze_prototypes_epochs=NON_NEGATIVE)
 class SwavConfig:
-    dim: int = 128                            # embedding width
-    proj_hidden: int | None = None            # None: the backbone's width
-    prototypes: int = 3000                    # K
-    tau: float = 0.1                          # temperature of the swapped prediction
-    epsilon: float = 0.05                     # Sinkhorn entropy regularisation
-    sinkhorn_iters: int = 3
-    local_crops: int = 6
-    local_size: int | None = None             # None: 96 px at 224 px, half the side at <= 32 px
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    queue_length: int = 3840                  # 0: no queue; never more than N
-    queue_start_epoch: int = 15
-    freeze_prototypes_epochs: int = 1
+    dim: int = opt(128, "embedding width")
+    proj_hidden: int | None = opt(None, "projection MLP hidden width (default: the backbone's width)")
+    prototypes: int = opt(3000, "K prototypes")
+    tau: float = opt(0.1, "temperature of the swapped prediction")
+    epsilon: float = opt(0.05, "Sinkhorn entropy regularisation")
+    sinkhorn_iters: int = opt(3, "Sinkhorn-Knopp iterations")
+    local_crops: int = opt(6, "small local crops per image, besides the two global views")
+    local_size: int | None = opt(None, "local crop side in px (default: 96 at 224 px, half the side at <= 32 px)")
+    global_scale: tuple[float, float] = opt((0.14, 1.0), "RandomResizedCrop area range of the global views, e.g. "
+                                                         "0.14,1")
+    local_scale: tuple[float, float] = opt((0.05, 0.14), "RandomResizedCrop area range of the local crops")
+    queue_length: int = opt(3840, "embeddings kept from earlier batches for the assignment (0: no queue; never "
+                                  "more than N)")
+    queue_start_epoch: int = opt(15, "epoch from which the queue is used")
+    freeze_prototypes_epochs: int = opt(1, "epochs during which the prototypes are not trained")
 
 
 @torch.no_grad()
@@ -89,6 +92,8 @@ def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], tau: float)
 
 class SwAV(Method):
     name = "swav"
+    description = "multi-crop, swapped prediction of Sinkhorn cluster assignments (Caron et al. 2020)"
+    views = 2  # global views; local_crops small crops on top
     Config = SwavConfig
     default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
     ddp_find_unused = True  # the prototypes get no gradient while frozen

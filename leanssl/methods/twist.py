@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..checks import AT_LEAST_1, NON_NEGATIVE, POSITIVE, checked
 from .. import distributed
 from ..models.heads import mlp
+from ..options import opt
 from .base import Method
 from .common import byol_crop_colour, byol_views, encode_by_size
 
@@ -42,12 +43,12 @@ from .common import byol_crop_colour, byol_views, encode_by_size
 @dataclass
 @checked(dim=AT_LEAST_1, proj_hidden=AT_LEAST_1, tau=POSITIVE, lam1=NON_NEGATIVE, lam2=NON_NEGATIVE, eps=POSITIVE)
 class TwistConfig:
-    dim: int = 4096          # C, the number of classes
-    proj_hidden: int = 4096
-    tau: float = 1.0         # temperature of the sharpened distributions in the entropy terms
-    lam1: float = 0.0        # sharpness weight is 1 + lam1
-    lam2: float = 1.0        # diversity weight
-    eps: float = 1e-5
+    dim: int = opt(4096, "C, the number of classes")
+    proj_hidden: int = opt(4096, "head MLP hidden width")
+    tau: float = opt(1.0, "temperature of the sharpened distributions in the entropy terms")
+    lam1: float = opt(0.0, "sharpness weight is 1 + lam1")
+    lam2: float = opt(1.0, "diversity weight")
+    eps: float = opt(1e-5, "epsilon inside the logarithms")
 
 
 def twist_loss(f1: torch.Tensor, f2: torch.Tensor, tau: float = 1.0, lam1: float = 0.0, lam2: float = 1.0,
@@ -76,6 +77,8 @@ def twist_loss(f1: torch.Tensor, f2: torch.Tensor, tau: float = 1.0, lam1: float
 
 class TWIST(Method):
     name = "twist"
+    description = "two views, twin class distributions: consistent, sharp and diverse (Wang et al. 2021)"
+    views = 2
     Config = TwistConfig
     default_lr = 0.12  # per 256: lightly's CIFAR-10 SGD benchmark, 0.06·B/128 (LARS rates do not carry to SGD)
 

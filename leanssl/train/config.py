@@ -1,14 +1,21 @@
-"""What a training run is asked to do (TrainConfig), and reading it back from a run folder."""
+"""What a training run is asked to do (TrainConfig), and reading it back from a run folder.
+
+Every field's default and help text are declared here once (leanssl.options.opt); `leanssl train`'s
+flags are generated from them (leanssl.cli_args), so the Python API and the command line cannot drift.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..checks import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Choice, Range, checked
 from ..errors import LeansslError
 from ..methods import get_method
+from ..options import opt
 from ..runfolder import RunFolder
+
+BUDGET_EPOCH_CAP = 10_000  # epochs under a time budget when none are given: no limit in practice
 
 # Fields that must match for --resume to continue the same run.
 _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction", "resolution", "method_args",
@@ -23,41 +30,59 @@ _RUN_IDENTITY = ("data", "method", "backbone", "batch_size", "seed", "fraction",
          on_nan=Choice(("stop", "skip")), lr_schedule=Choice(("step", "epoch")), precision=Choice(("bf16", "fp32")),
          progressive=AT_LEAST_1, progressive_fraction=Range(0, 1, lo_open=True), stop_at=POSITIVE)
 class TrainConfig:
-    data: str = "digits"
-    method: str = "essl"
-    backbone: str = "small_cnn"
-    epochs: int = 100
-    batch_size: int = 256            # the global batch: under torchrun, split evenly across the processes
-    lr: float | None = None          # None: the method's default_lr x (global) batch/256 (essl: 0.5, the authors' 1.0 at 512)
-    weight_decay: float = 5e-4
-    decay_norm_bias: bool = False    # weight decay on biases and norm parameters too (the essl authors' script)
-    momentum: float = 0.9
-    warmup_epochs: float = 2.0
-    lr_schedule: str = "step"        # cosine updated every "step", or once per "epoch" (the essl authors' script)
-    seed: int = 0
-    device: str = "auto"
-    fraction: float = 1.0
-    resolution: int | None = None    # None: the source's native resolution
-    progressive: int | None = None   # views at this many px for the first part of the run, then at `resolution`
-    progressive_fraction: float = 0.75  # that part: of the steps, or under a time budget of the time
-    out: str = "runs/run"
-    cache_dir: str | None = None
-    log_every: int = 10
-    stop_after: int | None = None    # stop after this many epochs in this invocation (time slicing, tests)
-    stop_at: float | None = None     # end this invocation after the step during which training passed this many
-                                     # seconds (a checkpoint is written; resume continues): wall-clock slices
-    progress: bool = True
-    method_args: dict = field(default_factory=dict)  # method config overrides, e.g. {"kl_weight": 0}
-    checkpoint_every: int | None = None  # also checkpoint every N steps within an epoch (a kill then loses less)
-    on_nan: str = "stop"             # a non-finite loss or gradient norm: "stop" the run, or "skip" that batch
-    grad_norm_limit: float | None = None  # a total gradient norm above this counts as diverged, like NaN
-    strict_images: bool = False      # an undecodable image is an error instead of being skipped
-    time_budget: float | None = None  # seconds of training; the run ends when they are spent (epochs is then a cap)
-    sync_bn: bool = False            # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
-    dist_timeout: float = 300.0      # under torchrun: seconds a collective may wait for another rank before failing
-    all_images: bool = False         # pretrain on the test split's images too (nothing of the source held out)
-    precision: str | None = None     # "bf16" or "fp32" (leanssl.accel); None: bf16 on CUDA, fp32 on a CPU
-    compile: bool = False            # torch.compile the method's networks (leanssl.accel.compile_networks)
+    data: str = opt("digits", "data SPEC: digits, fashion-mnist[:PATH], mnist:PATH, cifar10:PATH, cifar100:PATH, "
+                              "stl10:PATH, folder:PATH (or a bare folder), npz:PATH", required=True)
+    method: str = opt("essl", "the method (default {default}); its flags are listed by `leanssl train --method NAME --help`")
+    backbone: str = opt("small_cnn", "small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
+    epochs: int = opt(100, "epochs (default {default}; with --budget, a cap)", cli_default=None)
+    batch_size: int = opt(256, "global batch (default {default}): under torchrun it is split evenly across the "
+                               "processes")
+    lr: float | None = opt(None, "peak learning rate (default: the method's rate per 256 images x global batch/256; "
+                                 "essl 0.5)")
+    weight_decay: float = opt(5e-4, "SGD weight decay, not applied to biases and norm layers unless "
+                                    "--decay-norm-bias (default {default})")
+    decay_norm_bias: bool = opt(False, "weight decay on biases and normalisation parameters too (the essl authors' "
+                                       "recipe)")
+    momentum: float = opt(0.9, "SGD momentum", flag=None)
+    warmup_epochs: float = opt(2.0, "linear learning-rate warm-up before the cosine decay (default {default})")
+    lr_schedule: str = opt("step", "cosine updated every step (default) or once per epoch (the essl authors' recipe)")
+    seed: int = opt(0, "seed of every random draw (default {default})")
+    device: str = opt("auto", "auto (a CUDA GPU if visible, default), cpu or cuda")
+    fraction: float = opt(1.0, "pretrain on a seeded, class-stratified fraction of the training split")
+    resolution: int | None = opt(None, "training resolution (default: the source's); below the source's, evaluate "
+                                       "with `leanssl eval --resolution native`")
+    progressive: int | None = opt(None, "progressive resolution: views at PX px for the first part of the run, then "
+                                        "full size", metavar="PX")
+    progressive_fraction: float = opt(0.75, "the part of the run (steps; with --budget, time) at the --progressive "
+                                            "size (default {default})", metavar="F")
+    out: str = opt("runs/run", "run folder (default runs/<data>-<method>-<backbone>)", cli_default=None)
+    cache_dir: str | None = opt(None, "decoded-data cache (default $LEANSSL_CACHE or ~/.cache/leanssl)")
+    log_every: int = opt(10, "steps between progress-bar updates", flag=None)
+    stop_after: int | None = opt(None, "stop after N epochs in this invocation (resume later)")
+    stop_at: float | None = opt(None, "end this invocation after the step during which training passed this many "
+                                      "seconds (a checkpoint is written; resume continues): wall-clock slices",
+                                flag=None)
+    progress: bool = opt(True, "no progress bars", flag="--no-progress")
+    method_args: dict = opt(help="the method's settings, e.g. {\"kl_weight\": 0} (its flags, --method-arg)",
+                            factory=dict, flag=None)
+    checkpoint_every: int | None = opt(None, "also checkpoint every N steps within an epoch (default: every epoch "
+                                             "only)")
+    on_nan: str = opt("stop", "a non-finite loss or gradient norm stops the run (default) or skips that batch")
+    grad_norm_limit: float | None = opt(None, "treat a total gradient norm above this as divergence, like NaN "
+                                              "(default: only non-finite)")
+    strict_images: bool = opt(False, "an undecodable image is an error (default: skipped and listed)")
+    time_budget: float | None = opt(None, "train for this wall-clock time (e.g. 90s, 10m, 1.5h; a bare number is "
+                                          "seconds); lr and EMA schedules follow the time", flag="--budget",
+                                    type="duration", metavar="TIME")
+    sync_bn: bool = opt(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), as in "
+                               "one process")
+    dist_timeout: float = opt(300.0, "under torchrun: how long a process waits for another before it stops with an "
+                                     "error (default {default} s)", type="duration", metavar="TIME")
+    all_images: bool = opt(False, "pretrain on the test split's images too (by default a labelled folder or npz "
+                                  "without a test split keeps 20%% of each class back as one, for eval)")
+    precision: str | None = opt(None, "bf16 autocast (matmuls and convolutions; weights and method state stay fp32) "
+                                      "or fp32 (default: bf16 on CUDA, fp32 on a CPU)")
+    compile: bool = opt(False, "torch.compile the networks (a one-off compile, then faster steps)")
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch_size / 256
