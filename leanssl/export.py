@@ -54,14 +54,17 @@ def run_metadata(run_dir) -> dict:
     cfg = load_run_config(folder.path)
     info = folder.data_info()
     final = folder.has_backbone()
-    epoch = cfg.epochs
-    if not final:  # load_run_backbone falls back to the last checkpoint: report its epoch
-        epoch = folder.load_checkpoint()["epoch"] if folder.has_checkpoint() else 0
+    epoch, seconds = cfg.epochs, (folder.summary() or {}).get("train_seconds")
+    if not final:  # load_run_backbone falls back to the last checkpoint: report its epoch and training time
+        state = folder.load_checkpoint() if folder.has_checkpoint() else {}
+        epoch = state.get("epoch", 0)
+        seconds = state.get("elapsed", 0.0) + (state.get("epoch_seconds", 0.0) if state.get("step_in_epoch") else 0.0)
     c, r = info["channels"], info["resolution"]
     return {"architecture": cfg.backbone, "input_size": [c, r, r], "channels": c, "resolution": r,
             "mean": list(info["mean"]), "std": list(info["std"]),
             "input": "float (B, C, R, R), normalised as (x / 255 - mean) / std",
             "method": cfg.method, "data": cfg.data, "epoch": epoch, "epochs": cfg.epochs, "complete": final,
+            "time_budget": cfg.time_budget, "train_seconds": seconds,
             "leanssl_version": _version()}
 
 

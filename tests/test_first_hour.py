@@ -113,6 +113,26 @@ def test_summary_json_is_strict_json():
     assert json.loads(json.dumps(s, allow_nan=False)) == {"final_loss": None, "peak": None, "n": 3, "x": 0.5}
 
 
+def test_eval_of_an_unfinished_budget_run_says_the_time_not_the_epoch_cap(tiny_npz, tmp_path, capsys):
+    from leanssl.train import TrainConfig, train
+
+    train(TrainConfig(data=f"npz:{tiny_npz}", epochs=10_000, time_budget=60, stop_at=0.5, batch_size=16,
+                      out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False,
+                      method_args={"dim": 16, "negatives": 20}))
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", f"npz:{tiny_npz}", "--protocol", "knn", "--json",
+                 "--no-baselines", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["run_budget"] == 60 and 0.5 <= res["run_seconds"] < 60
+    assert f"after {res['run_seconds']:.0f} s of its 60 s budget" in err and "10000" not in err
+    # Resuming says the same time, the stopped epoch's part included (not only the finished epochs').
+    train(TrainConfig(data=f"npz:{tiny_npz}", epochs=10_000, time_budget=60, stop_at=res["run_seconds"] + 0.3,
+                      batch_size=16, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False,
+                      method_args={"dim": 16, "negatives": 20}), resume=True)
+    assert f"resuming ({res['run_seconds']:.0f} s of the 60 s budget spent" in capsys.readouterr().err
+
+
 def test_eval_says_a_run_is_incomplete_and_caps_k(tiny_npz, tmp_path, capsys):
     assert _train(tiny_npz, tmp_path, "--epochs", "3", "--stop-after", "1") == 0
     capsys.readouterr()

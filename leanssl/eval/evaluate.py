@@ -65,7 +65,7 @@ def load_evaluable(path) -> tuple:
     """
     path = Path(path)
     meta = read_metadata(path)  # a clear error for a path that is neither
-    state = {k: meta.get(k) for k in ("epoch", "epochs", "complete")}
+    state = {k: meta.get(k) for k in ("epoch", "epochs", "complete", "time_budget", "train_seconds")}
     if RunFolder(path).is_run():
         return (*load_run_backbone(path), state)
     info = {k: meta[k] for k in ("channels", "resolution", "mean", "std")}
@@ -209,6 +209,7 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
               "data_channels": ds.channels, "model_channels": info["channels"],
               "run_epoch": (run_state or {}).get("epoch"), "run_epochs": (run_state or {}).get("epochs"),
               "run_complete": (run_state or {}).get("complete"),
+              "run_budget": (run_state or {}).get("time_budget"), "run_seconds": (run_state or {}).get("train_seconds"),
               "knn_k": settings.knn_k, "knn_k_used": min(settings.knn_k, len(xtr)), "knn_t": settings.knn_t, "protocols": protocols, "device": str(dev), "seed": seed,
               "settings": settings.summary()}
     result.update(score(backbone, *backbone_features(backbone, "ssl"), "ssl"))

@@ -118,7 +118,12 @@ def incomplete_note(res: dict) -> str | None:
     """What an evaluation of an unfinished run scored, or None for a finished run (or unknown state)."""
     if res.get("run_complete") is not False:
         return None
-    return (f"incomplete run: scored the checkpoint after epoch {res.get('run_epoch')} of {res.get('run_epochs')} "
+    if res.get("run_budget") is not None:  # a --budget run's epochs are a cap, not a plan: say the time
+        where = (f"{res.get('run_seconds') or 0:.0f} s of its {res['run_budget']:g} s budget "
+                 f"({res.get('run_epoch')} epochs finished)")
+    else:
+        where = f"epoch {res.get('run_epoch')} of {res.get('run_epochs')}"
+    return (f"incomplete run: scored the checkpoint after {where} "
             f"(training is still running or was stopped; continue it with train --resume)")
 
 

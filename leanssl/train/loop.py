@@ -212,7 +212,8 @@ def _resume(cfg: TrainConfig, ctx, folder: RunFolder, method, opt, saved: dict, 
     state = RunState.from_checkpoint(saved, spe * cfg.batch_size)
     step = state.epoch * spe + state.step_in_epoch
     if ctx.is_main:
-        print(resume_line(cfg, step, spe * cfg.epochs, state.epoch, state.elapsed), file=sys.stderr)
+        spent = state.elapsed + (state.epoch_seconds if state.mid_epoch else 0.0)  # a stopped epoch's part counts
+        print(resume_line(cfg, step, spe * cfg.epochs, state.epoch, spent), file=sys.stderr)
         folder.truncate_logs(step, state.epoch)  # a killed run may have logged steps after its checkpoint: replayed
     return state
 
