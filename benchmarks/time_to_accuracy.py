@@ -166,7 +166,7 @@ def train_slice(arm: Arm, a: Namespace, run: Path, stop_at: float) -> dict:
 
         opts = dict(arm.options)
         ns = Namespace(method=arm.method.removeprefix("lightly-"), data=a.data, backbone=a.backbone, epochs=EPOCH_CAP,
-                       batch_size=opts.pop("batch_size", a.batch_size), lr=opts.pop("lr", None), seed=a.seed,
+                       batch_size=opts.pop("batch_size", a.batch_size or 256), lr=opts.pop("lr", None), seed=a.seed,
                        device=a.device, fraction=a.fraction, out=str(run), cache_dir=a.cache_dir, budget=a.budget,
                        warmup_epochs=a.warmup_epochs, workers=opts.pop("workers", None), stop_at=stop_at,
                        resume=resume)
@@ -292,7 +292,7 @@ def report(res: dict, out: Path) -> str:
     lines = [f"# Time to accuracy: {res['data']}" + (f", fraction {res['fraction']:g}" if res["fraction"] != 1 else ""),
              "", f"- Machine: {res['machine']}; {res['date']}; commit {res['commit']}.",
              f"- Command: `{res['command']}`",
-             f"- Backbone {res['backbone']}, batch {res['batch_size']}, seed {res['seed']}; every arm one run of a "
+             f"- Backbone {res['backbone']}, batch {res['batch_size'] or 'each method’s default (essl 128, the others and lightly 256)'}, seed {res['seed']}; every arm one run of a "
              f"{_duration(res['budget_s'])} budget (its schedule anneals over the whole budget), trained in turns; "
              f"kNN (k=200, T=0.1) at the {res['eval_resolution']} resolution on "
              f"{res['eval_test'] or 'all'} test / {res['eval_train'] or 'all'} training images, evaluation off the clock.",
@@ -351,7 +351,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--targets", default=None, help="kNN targets beside raw pixels, e.g. 0.85,0.88 "
                    "(default: Fashion-MNIST's 82.4/85/88, none elsewhere)")
     p.add_argument("--backbone", default="small_cnn")
-    p.add_argument("--batch-size", type=int, default=None, help="default 256 (--tiny: 32)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: each leanssl method's own (essl 128, the others 256), lightly's 256 (--tiny: 32)")
     p.add_argument("--warmup-epochs", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -372,7 +372,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
         a.budget, a.slice, a.batch_size = a.budget or 4.0, a.slice or 2.0, a.batch_size or 32
         a.points = a.points or "2s,4s"
         a.eval_train, a.eval_test, a.linear_c_values = a.eval_train or 300, a.eval_test or 200, 3
-    a.budget, a.batch_size = a.budget or 3600.0, a.batch_size or 256
+    a.budget = a.budget or 3600.0  # batch None: each leanssl method its own default, lightly 256
     a.slice = a.slice or 300.0
     a.points = parse_times(a.points or "2m,5m,10m,30m,60m")
     name = a.data.split(":")[0]

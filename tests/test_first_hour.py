@@ -93,7 +93,7 @@ def test_batch_larger_than_the_data_is_capped_with_a_note(tiny_npz, tmp_path, ca
     assert main(["train", "--data", f"npz:{tiny_npz}", "--epochs", "1", "--out", str(tmp_path / "run"),
                  "--cache-dir", str(tmp_path / "cache"), "--dim", "16", "--negatives", "20", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert ("leanssl: note: only 96 training images: batch size capped from 256 to 96 "
+    assert ("leanssl: note: only 96 training images: batch size capped from 128 to 96 "  # essl's default batch
             "(the default lr scales with it)") in err
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 96
     # A resume with the same (default) command line is the same run.

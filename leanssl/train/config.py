@@ -35,8 +35,8 @@ class TrainConfig:
     method: str = opt("essl", "the method (default {default}); its flags are listed by `leanssl train --method NAME --help`")
     backbone: str = opt("small_cnn", "small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
     epochs: int = opt(100, "epochs (default {default}; with --budget, a cap)", cli_default=None)
-    batch_size: int = opt(256, "global batch (default {default}): under torchrun it is split evenly across the "
-                               "processes")
+    batch_size: int | None = opt(None, "global batch (default: the method's, essl 128, the others 256): under "
+                                       "torchrun it is split evenly across the processes")
     lr: float | None = opt(None, "peak learning rate (default: the method's rate per 256 images x global batch/256; "
                                  "essl 0.5)")
     weight_decay: float = opt(5e-4, "SGD weight decay, not applied to biases and norm layers unless "
@@ -85,7 +85,11 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the networks (a one-off compile, then faster steps)")
 
     def base_lr(self) -> float:
-        return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch_size / 256
+        return self.lr if self.lr is not None else get_method(self.method).default_lr * self.batch() / 256
+
+    def batch(self) -> int:
+        """The global batch: as given, else the method's default (a resumed run: its own, set by the loop)."""
+        return self.batch_size if self.batch_size is not None else get_method(self.method).default_batch_size
 
 
 

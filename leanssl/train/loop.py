@@ -152,13 +152,14 @@ def _train(run: Run) -> dict:
 def _prepare(cfg: TrainConfig, resume: bool, ctx, stop: GracefulStop, callbacks: list, clock) -> Run:
     """The checkpoint (resumed), the data, the method and optimizer (restored, or calibrated), the logs."""
     torch.manual_seed(cfg.seed)
+    folder = RunFolder(cfg.out)
+    saved = _checkpoint_to_resume(cfg, folder, resume, ctx)
+    cfg.batch_size = cfg.batch()  # a fresh run without --batch-size: the method's default
     if cfg.batch_size % ctx.world or cfg.batch_size // ctx.world < 2:
         raise LeansslError(f"--batch-size {cfg.batch_size} is the global batch: it must split into {ctx.world} "
                            f"equal shares of at least 2 images, one per process")
     precision = accel.resolve_precision(cfg.precision, ctx.device)
     check_backbone_name(cfg.backbone)
-    folder = RunFolder(cfg.out)
-    saved = _checkpoint_to_resume(cfg, folder, resume, ctx)
     ds, x, info = pretraining_images(cfg, ctx, folder)
     if saved is not None and cfg.batch_size != saved["config"]["batch_size"]:
         raise LeansslError(f"--resume: this run was started with different batch_size "
@@ -194,6 +195,8 @@ def _checkpoint_to_resume(cfg: TrainConfig, folder: RunFolder, resume: bool, ctx
         if cfg.resolution is None:
             cfg.resolution = saved["config"]["resolution"]
         cfg.epochs, cfg.time_budget = saved["config"]["epochs"], saved["config"]["time_budget"]
+        if cfg.batch_size is None:
+            cfg.batch_size = saved["config"]["batch_size"]
     return saved
 
 

@@ -19,6 +19,8 @@ def open_checkpoint(cfg: TrainConfig, folder: RunFolder, resume: bool) -> dict |
     saved = config_from_dict(state.get("config"), folder.checkpoint_path)
     if cfg.resolution is None:
         cfg.resolution = saved.resolution
+    if cfg.batch_size is None:  # not given: the run's own (a default that changed since does not break a resume)
+        cfg.batch_size = saved.batch_size
     # A larger batch may have been capped to the data (checked again once the data is open).
     diff = [k for k in _RUN_IDENTITY if getattr(saved, k) != getattr(cfg, k)
             and not (k == "batch_size" and cfg.batch_size > saved.batch_size)]
