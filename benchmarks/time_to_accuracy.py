@@ -292,7 +292,7 @@ def report(res: dict, out: Path) -> str:
     lines = [f"# Time to accuracy: {res['data']}" + (f", fraction {res['fraction']:g}" if res["fraction"] != 1 else ""),
              "", f"- Machine: {res['machine']}; {res['date']}; commit {res['commit']}.",
              f"- Command: `{res['command']}`",
-             f"- Backbone {res['backbone']}, batch {res['batch_size'] or 'each method’s default (essl 128, the others and lightly 256)'}, seed {res['seed']}; every arm one run of a "
+             f"- Backbone {res['backbone']}, batch {res['batch_size'] or 'each method’s default (essl and npid 128, the others and lightly 256)'}, seed {res['seed']}; every arm one run of a "
              f"{_duration(res['budget_s'])} budget (its schedule anneals over the whole budget), trained in turns; "
              f"kNN (k=200, T=0.1) at the {res['eval_resolution']} resolution on "
              f"{res['eval_test'] or 'all'} test / {res['eval_train'] or 'all'} training images, evaluation off the clock.",
@@ -351,7 +351,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--targets", default=None, help="kNN targets beside raw pixels, e.g. 0.85,0.88 "
                    "(default: Fashion-MNIST's 82.4/85/88, none elsewhere)")
     p.add_argument("--backbone", default="small_cnn")
-    p.add_argument("--batch-size", type=int, default=None, help="default: each leanssl method's own (essl 128, the others 256), lightly's 256 (--tiny: 32)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: each leanssl method's own (essl and npid 128, the others 256), lightly's 256 (--tiny: 32)")
     p.add_argument("--warmup-epochs", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -163,7 +163,8 @@ def test_npid_is_essl_with_every_addition_off():
     cfg = NPID.Config()
     assert (cfg.kl_weight, cfg.cutmix_alpha, cfg.bank_update, cfg.calibrate) == (0.0, 0.0, "ema", False)
     ecfg = EsslConfig()
-    assert (ecfg.tau, ecfg.negatives, ecfg.kl_weight, ecfg.cutmix_alpha, ecfg.bank_momentum) == (0.2, 10000, 20.0, 0.5, 0.5)
+    assert (ecfg.tau, ecfg.negatives, ecfg.kl_weight, ecfg.cutmix_alpha, ecfg.bank_momentum) == (0.3, 10000, 20.0, 0.5, 0.5)
+    assert NPID.Config().tau == ecfg.tau and NPID.default_batch_size == ESSL.default_batch_size == 128
     assert get_method("npid") is NPID and issubclass(NPID, ESSL)
     m = _tiny_essl(cls=NPID)
     w = m.bank.weight.clone()

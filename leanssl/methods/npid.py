@@ -1,7 +1,7 @@
 """`npid`: Wu et al. 2018 non-parametric instance discrimination — the root of the essl ablation.
 
 It is `essl` with every addition switched off: no SqrtKL, no CutMix, the EMA bank update and a
-randomly initialised bank. Same head, temperature and negatives, so the ablation changes one
+randomly initialised bank. Same head, temperature, negatives and default batch, so the ablation changes one
 thing at a time. (The original NPID used a linear head, τ = 0.07 and 4096 negatives.)
 """
 
@@ -25,4 +25,3 @@ class NPID(ESSL):
     name = "npid"
     description = "non-parametric instance discrimination (Wu et al. 2018): essl with every addition off"
     Config = NpidConfig
-    default_batch_size = 256  # the published baseline's batch, not essl's short-run choice

@@ -35,7 +35,7 @@ class TrainConfig:
     method: str = opt("essl", "the method (default {default}); its flags are listed by `leanssl train --method NAME --help`")
     backbone: str = opt("small_cnn", "small_cnn, resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name")
     epochs: int = opt(100, "epochs (default {default}; with --budget, a cap)", cli_default=None)
-    batch_size: int | None = opt(None, "global batch (default: the method's, essl 128, the others 256): under "
+    batch_size: int | None = opt(None, "global batch (default: the method's, essl and npid 128, the others 256): under "
                                        "torchrun it is split evenly across the processes")
     lr: float | None = opt(None, "peak learning rate (default: the method's rate per 256 images x global batch/256; "
                                  "essl 0.5)")
