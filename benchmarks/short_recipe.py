@@ -24,7 +24,8 @@ from pathlib import Path
 
 from common import ROOT, commit_label, cpu_name
 
-ROWS = [  # (name, flags): each changes one setting from `leanssl train`'s defaults
+BEFORE = ["--batch-size", "256", "--method-arg", "tau=0.2"]  # the defaults this sweep started from (now 128, 0.3)
+ROWS = [  # (name, flags): each changes one setting from BEFORE (a later flag overrides it)
     ("defaults (lr 0.5/256, τ 0.2, λ_KL 20, 2 warm-up epochs, batch 256)", []),
     ("lr ×2 (1.0 per 256)", ["--lr", "1.0"]),
     ("lr ×½ (0.25 per 256)", ["--lr", "0.25"]),
@@ -67,7 +68,7 @@ def main() -> None:
             resume = ["--resume"] if (run / "checkpoint.pt").exists() else []
             load = os.getloadavg()[0]
             _cli("train", "--data", a.data, "--method", "essl", "--epochs", str(a.epochs), "--fraction",
-                 str(a.fraction), "--seed", str(seed), "--out", str(run), "--no-progress", *flags, *resume)
+                 str(a.fraction), "--seed", str(seed), "--out", str(run), "--no-progress", *BEFORE, *flags, *resume)
             train = json.loads((run / "summary.json").read_text())
             ev = json.loads(_cli("eval", str(run), "--data", a.data, "--protocol", "knn", "--no-baselines", "--json",
                                  capture=True).strip().splitlines()[-1])
