@@ -55,7 +55,7 @@ def training_flops_per_image(cfg, info, x: np.ndarray, device: torch.device) -> 
 
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, info).to(device, memory_format=torch.channels_last)
-    b = min(cfg.batch_size, len(x))
+    b = min(cfg.batch(), len(x))
     idx = torch.from_numpy(np.random.default_rng(cfg.seed).choice(len(x), b, replace=False)).long()
     xb = torch.from_numpy(np.ascontiguousarray(x[np.sort(idx.numpy())])).to(device)
     idx = idx.sort().values.to(device)
