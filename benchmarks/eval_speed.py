@@ -44,7 +44,8 @@ def timed_eval(run: str, data: str, cache: str, extra: list[str]) -> dict:
     res = json.loads(out.strip().splitlines()[-1])
     return {"command": shlex.join(["leanssl", *cmd[3:]]), "seconds": round(time.perf_counter() - t, 1),
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-            "floors_cached": res.get("floors_cached"), "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1")}
+            "floors_cached": res.get("floors_cached"), "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1"),
+            "protocol_seconds": res.get("seconds")}
 
 
 def main(argv=None) -> dict:
@@ -55,6 +56,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--extra", default="", help="more `leanssl eval` flags for every row (e.g. a smaller C grid for a smoke test)")
     ap.add_argument("--full-protocols", default=FULL, help=f"the third row's protocols (default {FULL})")
     ap.add_argument("--full-extra", default="", help="more flags for the full-protocol row only")
+    ap.add_argument("--rows", default="cold,warm,full", help="which rows to time, in this order (default all three)")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     a = ap.parse_args(argv)
     cache = a.cache_dir or tempfile.mkdtemp(prefix="leanssl-eval-speed-")
@@ -64,12 +66,17 @@ def main(argv=None) -> dict:
     open_dataset(a.data, resolution, cache, progress=False)  # decode first, untimed
     extra = shlex.split(a.extra)
     rows = {}
-    for name, flags in (("default, cold", []), ("default, floors cached", []),
-                        ("full protocol set, cold", ["--protocol", a.full_protocols, *shlex.split(a.full_extra)])):
+    every = {"cold": ("default, cold", []), "warm": ("default, floors cached", []),
+             "full": ("full protocol set, cold", ["--protocol", a.full_protocols, *shlex.split(a.full_extra)])}
+    wanted = [w for w in a.rows.split(",") if w]
+    if not wanted or any(w not in every for w in wanted):
+        sys.exit(f"--rows: choose from {','.join(every)}, got {a.rows!r}")
+    for name, flags in (every[w] for w in wanted):
         rows[name] = timed_eval(a.run, a.data, cache, extra + flags)
         r = rows[name]
+        where = ", ".join(f"{k} {v:.0f}" for k, v in (r["protocol_seconds"] or {}).items())
         print(f"{name:26s} {r['seconds']:7.1f} s  load {r['load_before']:.2f} -> {r['load_after']:.2f}  "
-              f"floors cached: {r['floors_cached']}  ({r['command']})", flush=True)
+              f"floors cached: {r['floors_cached']}  [{where}]  ({r['command']})", flush=True)
     out = {"machine": cpu_name(), "cores": os.cpu_count(), "commit": commit_label(),
            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "rows": rows}
     if a.out:

@@ -6,6 +6,10 @@ evaluations = passes over the data) of both sweeps. Counts are machine-independe
 printed with the load average beside them and mean nothing on a loaded machine.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/probe_agreement.py RUN --data fashion-mnist
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/probe_agreement.py RUN --data digits --labels-per-class 10 --seeds 0,1,2
+
+`--labels-per-class N` probes on N seeded labelled images per class (as `leanssl eval --labels-per-class`),
+once per seed of `--seeds`; `--sweeps` may include `auto` (the default: full below 2M feature values).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from leanssl.data.sources import open_dataset
+from leanssl.data.subsets import per_class_subset
 from leanssl.export import load_run_backbone
 from leanssl.eval.features import extract_features, pixel_features
 from leanssl.eval.linear import linear_probe
@@ -43,20 +48,24 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--data", required=True)
     ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (validation split, label subset)")
+    ap.add_argument("--labels-per-class", type=int, default=None)
     ap.add_argument("--sweeps", default="fast,full")
     ap.add_argument("--sets", default="raw pixels,random init,trained")
     a = ap.parse_args()
     print(f"threads {torch.get_num_threads()}")
-    for name, ds, (ftr, fte) in feature_sets(a.run, a.data, a.cache_dir, a.seed, a.sets.split(",")):
-        ytr = torch.from_numpy(np.asarray(ds.train.y, dtype=np.int64))
+    seeds = [int(v) for v in a.seeds.split(",")]
+    for name, ds, (ftr_all, fte) in feature_sets(a.run, a.data, a.cache_dir, seeds[0], a.sets.split(",")):
+        y_all = np.asarray(ds.train.y, dtype=np.int64)
         yte = torch.from_numpy(np.asarray(ds.test.y, dtype=np.int64))
-        k = int(max(ytr.max(), yte.max())) + 1
-        for sweep in a.sweeps.split(","):
+        k = int(max(y_all.max(), yte.max())) + 1
+        for seed, sweep in ((s, w) for s in seeds for w in a.sweeps.split(",")):
+            idx = per_class_subset(y_all, a.labels_per_class, seed) if a.labels_per_class else np.arange(len(y_all))
+            ftr, ytr = ftr_all[torch.from_numpy(idx)], torch.from_numpy(y_all[idx])
             t = time.perf_counter()
-            p = linear_probe(ftr, ytr, fte, yte, k, seed=a.seed, sweep=sweep)
+            p = linear_probe(ftr, ytr, fte, yte, k, seed=seed, sweep=sweep)
             c = p["cost"]
-            print(f"{a.data:14s} {name:12s} D={ftr.shape[1]:4d} {sweep:4s}: top1 {100 * p['top1']:.2f}%  "
+            print(f"{a.data:14s} {name:12s} D={ftr.shape[1]:4d} n={len(idx)} seed {seed} {p['sweep']:4s}: top1 {100 * p['top1']:.2f}%  "
                   f"C={p['C']:.3g}  val {100 * p['val_top1']:.2f}%  fits {c['fits']:2d} iters {c['iters']:5d} "
                   f"evals {c['evals']:5d}  {time.perf_counter() - t:6.1f}s (load {os.getloadavg()[0]:.1f})", flush=True)
 

@@ -68,6 +68,9 @@ PROFILES = {  # per device type: data shape, images, backbone, batch, rounds, ti
 PEER = "lightly-simclr"
 
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -84,11 +87,11 @@ class Ours:
     """One leanssl method, stepped by the training loop's own step (leanssl.train.step.TrainStep)."""
 
     def __init__(self, name: str, loader: DeviceLoader, info: DataInfo, backbone: str, batch_size: int,
-                 device: torch.device, precision: str, seed: int = 0):
+                 device: torch.device, precision: str, seed: int = 0, memory_format=torch.channels_last):
         self.name, self.loader, self.batch_size, self.device, self.precision = name, loader, batch_size, device, precision
         self.cfg = TrainConfig(method=name, backbone=backbone, batch_size=batch_size, seed=seed)
         torch.manual_seed(seed)
-        self.method = build_method(self.cfg, info).to(device, memory_format=torch.channels_last)
+        self.method = build_method(self.cfg, info).to(device, memory_format=memory_format)
         self.opt = build_optimizer(self.cfg, self.method)
         self.step = TrainStep(self.method, self.opt, SingleProcess(device), precision)
         self.steps_per_epoch = loader.steps_per_epoch(batch_size)
@@ -127,12 +130,12 @@ class Peer:
     name = PEER
 
     def __init__(self, x: np.ndarray, info: DataInfo, backbone: str, batch_size: int, device: torch.device,
-                 workers: int | None, precision: str, seed: int = 0):
+                 workers: int | None, precision: str, seed: int = 0, memory_format=torch.channels_last):
         import peer_lightly as pl
 
         self.pl, self.device, self.precision = pl, device, precision
         torch.manual_seed(seed)
-        self.model = pl.prepare(pl.build_peer("simclr", backbone, info), device)
+        self.model = pl.prepare(pl.build_peer("simclr", backbone, info), device).to(memory_format=memory_format)
         self.opt = torch.optim.SGD(param_groups(self.model, 5e-4), lr=get_method("simclr").default_lr * batch_size / 256, momentum=0.9)
         self.workers = workers if workers is not None else pl.default_workers(device)
         self.loader = pl.peer_loader(x, "simclr", info, batch_size, self.workers, device, seed)
@@ -219,7 +222,8 @@ def matmul_peak(device: torch.device, precision: str) -> float:
 
 def measure(methods: list[str], x: np.ndarray, info: DataInfo, backbone: str, batch_size: int, device: torch.device,
             rounds: int, steps: int, warmup: int, peer: bool = True, workers: int | None = None,
-            compile: bool = False, precision: str | None = None, compile_backend: str = "inductor", log=print) -> dict:
+            compile: bool = False, precision: str | None = None, compile_backend: str = "inductor",
+            memory_format: str = "channels_last", log=print) -> dict:
     """Interleaved rounds over every method (and the peer); returns per-runner rates and the derived statistics."""
     loader = DeviceLoader(x, device)
     precision = accel.resolve_precision(precision, device)
@@ -229,8 +233,9 @@ def measure(methods: list[str], x: np.ndarray, info: DataInfo, backbone: str, ba
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        r = (Peer(x, info, backbone, batch_size, device, workers, precision) if name == PEER
-             else Ours(name, loader, info, backbone, batch_size, device, precision))
+        fmt = MEMORY_FORMATS[memory_format]
+        r = (Peer(x, info, backbone, batch_size, device, workers, precision, memory_format=fmt) if name == PEER
+             else Ours(name, loader, info, backbone, batch_size, device, precision, memory_format=fmt))
         flops = flops_per_step(r, device)
         if compile:
             r.compile(compile_backend)
@@ -277,7 +282,7 @@ def table(out: dict) -> str:
     cuda = s["device"] == "cuda"
     lines = [f"Training throughput, {s['device']}: {s['images']} synthetic images {'x'.join(map(str, s['shape']))}, "
              f"{s['backbone']}, batch {s['batch_size']}, " + ("bf16 autocast" if out["precision"] == "bf16" else "fp32")
-             + ", channels_last"
+             + f", {s.get('memory_format', 'channels_last')}"
              + (", torch.compile" if s["compile"] else "") + f"; {s['rounds']} interleaved rounds of {s['steps']} timed steps "
              f"after {s['warmup']} warm-up.",
              f"Machine: {out['machine']}; torch {out['torch']}" + (f", lightly {out['lightly']}" if out.get("lightly") else "")
@@ -316,6 +321,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (ours and the peer's)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA, fp32 on a CPU")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (aot_eager: a quick CPU dry run)")
+    p.add_argument("--memory-format", choices=sorted(MEMORY_FORMATS), default="channels_last",
+                   help="the networks' layout, ours and the peer's (leanssl trains channels_last)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, one per core)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput-<device>.json)")
     return p
 
@@ -324,18 +332,21 @@ def main(argv: list[str] | None = None) -> dict:
     a = parser().parse_args(argv)
 
     device = resolve_device(a.device)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     prof = PROFILES[device.type]
     shape = tuple(int(v) for v in a.shape.split(",")) if a.shape else prof["shape"]
     settings = {"device": device.type, "shape": shape, "images": a.images or prof["images"],
                 "backbone": a.backbone or prof["backbone"], "batch_size": a.batch_size or prof["batch_size"],
                 "rounds": a.rounds or prof["rounds"], "steps": a.steps or prof["steps"],
                 "warmup": a.warmup if a.warmup is not None else prof["warmup"], "compile": a.compile,
-                "precision": accel.resolve_precision(a.precision, device)}
+                "precision": accel.resolve_precision(a.precision, device), "memory_format": a.memory_format,
+                "threads": torch.get_num_threads()}
     methods = [m for m in a.methods.split(",") if m]
     x, info = synthetic(shape, settings["images"])
     out = measure(methods, x, info, settings["backbone"], settings["batch_size"], device, settings["rounds"],
                   settings["steps"], settings["warmup"], peer=a.peer, workers=a.workers, compile=a.compile,
-                  precision=settings["precision"], compile_backend=a.compile_backend)
+                  precision=settings["precision"], compile_backend=a.compile_backend, memory_format=a.memory_format)
     out |= {"settings": settings, "machine": machine(device), "torch": torch.__version__,
             "lightly": __import__("lightly").__version__ if a.peer else None, "date": time.strftime("%Y-%m-%d %H:%M"),
             "commit": commit_label(), "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}

@@ -80,9 +80,10 @@ def _report_skips(summary: dict, out: str) -> None:
 
 def _saved_schedule(cfg) -> None:
     """`train --resume` without --epochs/--budget continues the length the run was started with."""
+    from .runfolder import RunFolder
     from .train import load_run_config
 
-    if (Path(cfg.out) / "config.json").is_file():
+    if (Path(cfg.out) / RunFolder.CONFIG).is_file():
         saved = load_run_config(Path(cfg.out))
         cfg.epochs, cfg.time_budget = saved.epochs, saved.time_budget
 
@@ -205,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear probe: full-batch L-BFGS, or minibatch SGD for large feature sets (default auto)")
     p.add_argument("--linear-c-values", type=int, default=None,
                    help="how many log-spaced C in 1e-5..1e6 the probe chooses from (default 45, Ericsson et al.; fewer is faster)")
-    p.add_argument("--linear-sweep", choices=("fast", "full"), default=None,
-                   help="linear probe's C search: coarse-to-fine (default fast), or every C of the grid (full)")
+    p.add_argument("--linear-sweep", choices=("auto", "fast", "full"), default=None,
+                   help="linear probe's C search: coarse-to-fine (fast), every C of the grid (full), or auto (default): "
+                        "full for a small training split (at most 2M feature values), fast above")
     p.add_argument("--floor-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse the raw-pixel and random-init results of an earlier eval on the same data and settings "
                         "(cached under --cache-dir; default on)")

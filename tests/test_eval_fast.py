@@ -9,7 +9,7 @@ from torch import nn
 
 from leanssl.eval.evaluate import EvalSettings, evaluate
 from leanssl.eval.linear import C_GRID, _sweep_order, linear_probe
-from leanssl.eval.report import floor_line
+from leanssl.eval.report import floor_line, time_line
 from leanssl.train import TrainConfig
 
 
@@ -37,7 +37,7 @@ def test_sweep_order_finds_the_peak_of_a_unimodal_curve_with_few_fits():
 def test_fast_probe_matches_the_full_sweep_and_scikit_learn():
     xtr, ytr = _overlapping(120, seed=1)
     xte, yte = _overlapping(100, seed=2)
-    fast = linear_probe(xtr, ytr, xte, yte, 4, cs=C_GRID)
+    fast = linear_probe(xtr, ytr, xte, yte, 4, cs=C_GRID, sweep="fast")
     full = linear_probe(xtr, ytr, xte, yte, 4, cs=C_GRID, sweep="full")
     assert 0.5 < full["top1"] < 0.97  # a real problem, not a separable one
     assert abs(fast["top1"] - full["top1"]) <= 0.01 and fast["val_top1"] == full["val_top1"]
@@ -48,6 +48,17 @@ def test_fast_probe_matches_the_full_sweep_and_scikit_learn():
     ours = fast["head"](xte).argmax(1).numpy()
     assert (ours == ref.predict(((xte - mu) / sd).numpy())).mean() >= 0.99
     assert abs(fast["top1"] - ref.score(((xte - mu) / sd).numpy(), yte.numpy())) <= 0.01
+
+
+def test_auto_sweep_fits_every_c_on_a_small_split_and_searches_on_a_large_one(monkeypatch):
+    xtr, ytr = _overlapping(120, seed=1)
+    xte, yte = _overlapping(100, seed=2)
+    auto = linear_probe(xtr, ytr, xte, yte, 4, cs=C_GRID)
+    full = linear_probe(xtr, ytr, xte, yte, 4, cs=C_GRID, sweep="full")
+    assert auto["sweep"] == "full" and auto["C"] == full["C"] and auto["cost"]["fits"] == len(C_GRID) + 1  # + the refit
+    monkeypatch.setattr("leanssl.eval.linear.FULL_SWEEP_MAX_ELEMENTS", xtr.numel() - 1)  # the same split, now "large"
+    big = linear_probe(xtr, ytr, xte, yte, 4, cs=C_GRID)
+    assert big["sweep"] == "fast" and big["cost"]["fits"] < len(C_GRID) / 2
 
 
 class Pool(nn.Module):
@@ -84,6 +95,15 @@ def test_floors_are_cached_reused_keyed_by_seed_and_a_damaged_entry_is_recompute
         again = _eval(tmp_path, tiny_npz)
         assert not again["floors_cached"] and again["baselines"] == first["baselines"]
         assert "damaged: recomputing" in capsys.readouterr().err
+
+
+def test_the_report_says_where_the_time_went_per_protocol(tiny_npz, tmp_path):
+    cold, warm = _eval(tmp_path, tiny_npz), _eval(tmp_path, tiny_npz)
+    assert set(cold["seconds"]) == {"features", "knn", "linear"} and all(v >= 0 for v in cold["seconds"].values())
+    report = (tmp_path / "eval-npz-tiny.md").read_text()
+    assert "Time: feature extraction" in report and "kNN" in report.split("Time:")[1]
+    assert "floors from the cache: not recomputed" in report.split("Time:")[1] and warm["floors_cached"]
+    assert time_line({"seconds": {}}) is None
 
 
 def test_floor_line_says_where_the_numbers_stand():

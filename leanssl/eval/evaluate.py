@@ -12,6 +12,8 @@ Features are extracted once per feature set and shared by every protocol.
 from __future__ import annotations
 
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +47,7 @@ class EvalSettings:
     knn_t: float = KNN_T
     linear_cs: tuple[float, ...] = C_GRID
     linear_solver: str = "auto"
-    linear_sweep: str = "fast"  # coarse-to-fine C search; "full" fits every C (same choice, several times slower)
+    linear_sweep: str = "auto"  # coarse-to-fine C search ("fast") on large training splits, every C ("full") on small ones
     val_fraction: float = 0.2  # of the labelled training images, to choose C on
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
@@ -167,39 +169,58 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
         out["finetune_steps"], out["finetune_batch_size"] = r["steps"], r["batch_size"]
         return out
 
+    seconds: dict[str, float] = {}  # wall-clock per protocol, over every feature set scored here
+
+    @contextmanager
+    def timed(what: str):
+        t = time.perf_counter()
+        yield
+        seconds[what] = seconds.get(what, 0.0) + time.perf_counter() - t
+
     def score(net, ftr, fte, tag: str) -> dict:
         """Every requested protocol on one feature set; `net` (None for raw pixels) is what fine-tuning trains."""
         ftr, fte = ftr.to(dev), fte.to(dev)
         res = {}
         if "knn" in protocols:
-            acc = knn_top1s(ftr, ytr, fte, yte, num_classes, (settings.knn_k, 20), settings.knn_t)
+            with timed("knn"):
+                acc = knn_top1s(ftr, ytr, fte, yte, num_classes, (settings.knn_k, 20), settings.knn_t)
             res["knn_top1"], res["knn20_top1"] = acc[settings.knn_k], acc[20]
         finetuning = "finetune" in protocols and net is not None
         if "linear" in protocols or finetuning:  # fine-tuning's warm-up starts from the probe
-            probe = linear_probe(ftr, ytr, fte, yte, num_classes, desc=f"{tag} linear probe", **probe_args)
+            with timed("linear"):
+                probe = linear_probe(ftr, ytr, fte, yte, num_classes, desc=f"{tag} linear probe", **probe_args)
             res.update(_probe_fields(probe))
         if finetuning:
-            res.update(fine_tunes(net, probe["head"], None, tag))
+            with timed("finetune"):
+                res.update(fine_tunes(net, probe["head"], None, tag))
         if "fewshot" in protocols:
-            res["fewshot"] = fewshot_eval(ftr, ytr, fte, yte, settings.fewshot, progress, desc=f"{tag} few-shot")
+            with timed("fewshot"):
+                res["fewshot"] = fewshot_eval(ftr, ytr, fte, yte, settings.fewshot, progress, desc=f"{tag} few-shot")
         if "lowlabel" in protocols:
-            res["lowlabel"] = {}
-            for frac in settings.lowlabel_fractions:
-                idx = stratified_subset(ytr_np, len(ytr_np), frac, seed)
-                t = torch.from_numpy(idx).to(dev)
-                probe = linear_probe(ftr[t], ytr[t], fte, yte, num_classes, desc=f"{tag} {100 * frac:g}% linear probe",
-                                     **probe_args)
-                entry = {"fraction": frac, "labels": len(idx), **_probe_fields(probe)}
-                if net is not None:
-                    entry.update(fine_tunes(net, probe["head"], idx, f"{tag} {100 * frac:g}%"))
-                res["lowlabel"][f"{100 * frac:g}%"] = entry
+            with timed("lowlabel"):
+                res["lowlabel"] = lowlabel(net, ftr, fte, tag)
         return res
+
+    def lowlabel(net, ftr, fte, tag: str) -> dict:
+        """The linear probe (and fine-tuning, given a net) on each low-label fraction of the training labels."""
+        out = {}
+        for frac in settings.lowlabel_fractions:
+            idx = stratified_subset(ytr_np, len(ytr_np), frac, seed)
+            t = torch.from_numpy(idx).to(dev)
+            probe = linear_probe(ftr[t], ytr[t], fte, yte, num_classes, desc=f"{tag} {100 * frac:g}% linear probe",
+                                 **probe_args)
+            entry = {"fraction": frac, "labels": len(idx), **_probe_fields(probe)}
+            if net is not None:
+                entry.update(fine_tunes(net, probe["head"], idx, f"{tag} {100 * frac:g}%"))
+            out[f"{100 * frac:g}%"] = entry
+        return out
 
     def backbone_features(net, tag):
         net = net.to(dev, memory_format=torch.channels_last)
         args = (info["mean"], info["std"], info["channels"], info["resolution"], dev)
-        return (extract_features(net, xtr, *args, progress=progress, desc=f"{tag} features (train)"),
-                extract_features(net, ds.test.x, *args, progress=progress, desc=f"{tag} features (test)"))
+        with timed("features"):
+            return (extract_features(net, xtr, *args, progress=progress, desc=f"{tag} features (train)"),
+                    extract_features(net, ds.test.x, *args, progress=progress, desc=f"{tag} features (test)"))
 
     result = {"data": data, "pretrain_data": run_cfg.data, "transfer": data != run_cfg.data,
               "backbone": run_cfg.backbone, "method": run_cfg.method, "run": str(run_dir) if run_dir else None,
@@ -235,6 +256,7 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
             if floor_cache:
                 save_floors(root, key, floors, parts)
         result["baselines"] = floors
+    result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     if report and run_dir is not None:
         path = report_path(run_dir, data, labels_per_class, fraction)
         if Path(run_dir).is_file():  # an exported backbone: the report goes beside it

@@ -9,7 +9,7 @@ Two variants, the same schedule:
 
 It runs on the evaluation device with the data path's batched augmentation (light: random
 resized crop and horizontal flip, per-sample parameters, no per-image Python), SGD with
-Nesterov momentum, linear warm-up then cosine decay (`train.lr_at`), bf16 autocast on a GPU.
+Nesterov momentum, linear warm-up then cosine decay (`train.schedule.lr_at`), bf16 autocast on a GPU.
 The default schedule is short so that it fits a CPU; `epochs` sets it, `min_steps` keeps tiny
 labelled sets (1% labels) from getting only a handful of steps. The backbone passed in is
 copied, never modified.

@@ -210,7 +210,23 @@ def format_report(res: dict) -> str:
                       "fine-tuning sees: its warm-up row measures that mismatch too."]
     lines += _fewshot_lines(res, cols)
     lines += _quantized_lines(res)
+    if time_line(res):
+        lines += ["", time_line(res)]
     return "\n".join(lines) + "\n"
+
+
+TIMED = (("features", "feature extraction"), ("knn", "kNN"), ("linear", "linear probe"), ("finetune", "fine-tuning"),
+         ("fewshot", "few-shot"), ("lowlabel", "low-label"))
+
+
+def time_line(res: dict) -> str | None:
+    """Where this evaluation's time went, per protocol, summed over the columns computed (not those from the cache)."""
+    sec = res.get("seconds") or {}
+    parts = [f"{name} {sec[key]:.0f} s" for key, name in TIMED if key in sec]
+    if not parts:
+        return None
+    cached = " (floors from the cache: not recomputed)" if res.get("floors_cached") else ""
+    return f"Time: {', '.join(parts)}; {sum(sec.values()):.0f} s in all{cached}."
 
 
 def write_report(path: Path, res: dict) -> None:
