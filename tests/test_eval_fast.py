@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from leanssl.eval.evaluate import EvalSettings, evaluate
-from leanssl.eval.linear import C_GRID, _sweep_order, linear_probe
+from leanssl.eval.linear import C_GRID, GTOL, _sweep_order, fit_logistic, linear_probe, weight_decay_for
 from leanssl.eval.report import floor_line, time_line
 from leanssl.train import TrainConfig
 
@@ -48,6 +48,27 @@ def test_fast_probe_matches_the_full_sweep_and_scikit_learn():
     ours = fast["head"](xte).argmax(1).numpy()
     assert (ours == ref.predict(((xte - mu) / sd).numpy())).mean() >= 0.99
     assert abs(fast["top1"] - ref.score(((xte - mu) / sd).numpy(), yte.numpy())) <= 0.01
+
+
+def test_probe_stops_where_scikit_learn_does_and_lands_on_its_optimum():
+    x, y = _overlapping(150, seed=3)
+    x = (x - x.mean(0)) / x.std(0)
+    for c in (1e-3, 1.0, 1e3):  # strong, moderate and weak regularisation
+        stats = {}
+        ours = fit_logistic(x, y, 4, weight_decay_for(c, len(x)), max_iter=1000, stats=stats)
+        loose = fit_logistic(x, y, 4, weight_decay_for(c, len(x)), max_iter=1000, tol=1e-7)
+        ref = LogisticRegression(C=c, tol=GTOL, max_iter=1000).fit(x.numpy(), y.numpy())  # scikit-learn's default tol
+
+        def objective(w, b):  # scikit-learn's C·ΣCE + ½‖W‖², by hand
+            logits = x.double() @ torch.as_tensor(w).double().T + torch.as_tensor(b).double()
+            return (c * nn.functional.cross_entropy(logits, y, reduction="sum") + 0.5 * torch.as_tensor(w).double().pow(2).sum()).item()
+
+        with torch.no_grad():
+            mine, tight, theirs = (objective(ours.weight, ours.bias), objective(loose.weight, loose.bias),
+                                   objective(ref.coef_, ref.intercept_))
+        assert abs(mine - theirs) <= 1e-3 * abs(theirs) and abs(mine - tight) <= 1e-3 * abs(tight), (c, mine, tight, theirs)
+        assert (ours(x).argmax(1).numpy() == ref.predict(x.numpy())).mean() >= 0.99
+        assert stats["iters"] < 1000  # it stopped on the gradient, not on the cap
 
 
 def test_auto_sweep_fits_every_c_on_a_small_split_and_searches_on_a_large_one(monkeypatch):

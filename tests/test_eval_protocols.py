@@ -75,7 +75,7 @@ def test_batched_logistic_fits_each_problem_as_alone():
         return (nn.functional.cross_entropy(x @ w.T + b, y) + 0.01 * w.pow(2).sum()).item()
 
     for i in range(3):
-        alone = fit_logistic(xs[i], ys[i], 3, 0.01)
+        alone = fit_logistic(xs[i], ys[i], 3, 0.01, tol=1e-7)  # the batched default
         assert objective(xs[i], ys[i], w[i], b[i]) == pytest.approx(
             objective(xs[i], ys[i], alone.weight.detach(), alone.bias.detach()), rel=1e-4)
         assert objective(xs[i], ys[i], w[i], b[i]) < objective(xs[i], ys[i], w[(i + 1) % 3], b[(i + 1) % 3])
@@ -198,6 +198,7 @@ def test_evaluate_every_protocol_with_baselines_and_a_transfer_report(tiny_npz, 
     assert low["10%"]["linear_top1"] > 0.9
     pixels, rand = res["baselines"]["raw_pixels"], res["baselines"]["random_init"]
     assert "finetune_top1" not in pixels and "finetune_top1" in rand and "fewshot" in pixels
+    assert "finetune_warmup_top1" not in rand and "finetune_warmup_top1" not in rand["lowlabel"]["10%"]  # from scratch only
     text = (tmp_path / "eval-npz-tiny.md").read_text()
     assert res["report"] == str(tmp_path / "eval-npz-tiny.md")
     assert "**Transfer**" in text and "pretrained on `digits`" in text

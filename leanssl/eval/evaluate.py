@@ -3,7 +3,7 @@
 Protocols (`evaluate(..., protocols=...)`, `leanssl eval --protocol`):
 - knn: weighted kNN on frozen features (k=200, T=0.1; also k=20);
 - linear: the Ericsson et al. linear probe (C chosen on a validation split of train, refit);
-- finetune: full fine-tuning, without and with the linear-probe warm-up;
+- finetune: full fine-tuning, without and with the linear-probe warm-up (the random backbone: without only);
 - fewshot: N-way K-shot episodes, nearest-centroid and logistic, mean and worst cases;
 - lowlabel: the linear probe and fine-tuning on 1% and 10% of the labels (class-balanced, seeded).
 Features are extracted once per feature set and shared by every protocol.
@@ -159,10 +159,13 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
     probe_args = dict(seed=seed, cs=settings.linear_cs, val_fraction=settings.val_fraction, solver=settings.linear_solver,
                       sweep=settings.linear_sweep, progress=progress)
 
-    def fine_tunes(net, head, idx, tag: str) -> dict:
+    def fine_tunes(net, head, idx, tag: str, warmup: bool) -> dict:
+        """The plain fine-tune, and with `warmup` the one from the probe's head. The random-init floor skips the
+        warm-up: a probe on a random net's eval-mode features is no warm-up, and it cost a fifth of the full set."""
         x, y = (xtr, ytr_np) if idx is None else (xtr[idx], ytr_np[idx])
         out = {}
-        for key, start in (("finetune", None), ("finetune_warmup", head)):
+        variants = (("finetune", None),) + ((("finetune_warmup", head),) if warmup else ())
+        for key, start in variants:
             r = finetune(net, start, x, y, ds.test.x, ds.test.y, num_classes, info, dev, settings.finetune, seed,
                          progress, desc=f"{tag} {key}")
             out[f"{key}_top1"] = r["top1"]
@@ -177,8 +180,9 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
         yield
         seconds[what] = seconds.get(what, 0.0) + time.perf_counter() - t
 
-    def score(net, ftr, fte, tag: str) -> dict:
-        """Every requested protocol on one feature set; `net` (None for raw pixels) is what fine-tuning trains."""
+    def score(net, ftr, fte, tag: str, warmup: bool = True) -> dict:
+        """Every requested protocol on one feature set; `net` (None for raw pixels) is what fine-tuning trains,
+        `warmup` whether it also fine-tunes from the linear probe's head."""
         ftr, fte = ftr.to(dev), fte.to(dev)
         res = {}
         if "knn" in protocols:
@@ -192,16 +196,16 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
             res.update(_probe_fields(probe))
         if finetuning:
             with timed("finetune"):
-                res.update(fine_tunes(net, probe["head"], None, tag))
+                res.update(fine_tunes(net, probe["head"], None, tag, warmup))
         if "fewshot" in protocols:
             with timed("fewshot"):
                 res["fewshot"] = fewshot_eval(ftr, ytr, fte, yte, settings.fewshot, progress, desc=f"{tag} few-shot")
         if "lowlabel" in protocols:
             with timed("lowlabel"):
-                res["lowlabel"] = lowlabel(net, ftr, fte, tag)
+                res["lowlabel"] = lowlabel(net, ftr, fte, tag, warmup)
         return res
 
-    def lowlabel(net, ftr, fte, tag: str) -> dict:
+    def lowlabel(net, ftr, fte, tag: str, warmup: bool) -> dict:
         """The linear probe (and fine-tuning, given a net) on each low-label fraction of the training labels."""
         out = {}
         for frac in settings.lowlabel_fractions:
@@ -211,7 +215,7 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
                                  **probe_args)
             entry = {"fraction": frac, "labels": len(idx), **_probe_fields(probe)}
             if net is not None:
-                entry.update(fine_tunes(net, probe["head"], idx, f"{tag} {100 * frac:g}%"))
+                entry.update(fine_tunes(net, probe["head"], idx, f"{tag} {100 * frac:g}%", warmup))
             out[f"{100 * frac:g}%"] = entry
         return out
 
@@ -251,7 +255,7 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
         if floors is None:
             torch.manual_seed(seed)
             rand = build_backbone(run_cfg.backbone, info["channels"], info["resolution"])
-            floors = {"random_init": score(rand, *backbone_features(rand, "random"), "random"),
+            floors = {"random_init": score(rand, *backbone_features(rand, "random"), "random", warmup=False),
                       "raw_pixels": score(None, *pixel_features(xtr, ds.test.x), "pixels")}
             if floor_cache:
                 save_floors(root, key, floors, parts)

@@ -16,7 +16,7 @@ import sys
 import uuid
 from pathlib import Path
 
-FLOORS_VERSION = 1  # bump when a protocol's computation changes: old entries then stop matching
+FLOORS_VERSION = 2  # 2: scikit-learn's probe tolerance, no warm-up fine-tune of the random backbone. Bump when a protocol's computation changes: old entries then stop matching
 FLOOR_SETS = ("random_init", "raw_pixels")
 # a field every floor entry must hold for each requested protocol (fine-tuning is not run on raw pixels)
 _REQUIRED = {"knn": "knn_top1", "linear": "linear_top1", "fewshot": "fewshot", "lowlabel": "lowlabel"}

@@ -204,10 +204,6 @@ def format_report(res: dict) -> str:
     lines += _table(["protocol", "settings"] + [title for _, title, _ in cols], _accuracy_rows(res, cols))
     if floor_line(res):
         lines += ["", floor_line(res)]
-    if "finetune_warmup_top1" in res.get("baselines", {}).get("random_init", {}):
-        lines += ["", "A random backbone's BatchNorm running statistics are still at their initial values, so its frozen "
-                      "(eval-mode) features, and the probe fitted to them, differ in scale from the train-mode features "
-                      "fine-tuning sees: its warm-up row measures that mismatch too."]
     lines += _fewshot_lines(res, cols)
     lines += _quantized_lines(res)
     if time_line(res):

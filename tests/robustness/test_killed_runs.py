@@ -163,6 +163,15 @@ def test_a_signal_arriving_after_a_steps_stop_check_is_honoured_after_the_next_s
 
 
 def test_a_second_sigint_or_one_outside_the_loop_interrupts_at_once():
+    # Python's own SIGINT handler, as in a terminal: a shell's background job (`pytest &`) starts with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _second_sigint_interrupts()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _second_sigint_interrupts():
     with GracefulStop() as stop:
         with pytest.raises(KeyboardInterrupt):  # unarmed: decoding data, calibrating
             os.kill(os.getpid(), signal.SIGINT)
