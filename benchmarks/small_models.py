@@ -41,7 +41,8 @@ def cli(args: list[str], capture: bool = False) -> str:
 def run(kind: str, args: list[str], out: Path, a: argparse.Namespace, eval_extra: list[str] = ()) -> dict:
     """Train (or distill) into `out` unless it is finished, then evaluate it on a.data."""
     common = ["--data", a.data, "--batch-size", str(a.batch_size), "--seed", str(a.seed), "--device", a.device,
-              "--no-progress"] + (["--cache-dir", a.cache_dir] if a.cache_dir else [])
+              "--no-progress"] + (["--cache-dir", a.cache_dir] if a.cache_dir else []) + \
+             (["--fraction", str(a.fraction)] if a.fraction else [])  # pretraining only: eval uses every label
     folder = RunFolder(out)
     if not (folder.summary() or {}).get("complete"):
         resume = ["--resume"] if folder.has_checkpoint() else []
@@ -84,9 +85,10 @@ def quant(a: argparse.Namespace, root: Path) -> dict:
     for name, flags in (("essl", ["--method", "essl"]),
                         (f"essl + SSQL (w={a.ssql_weight:g})", ["--method", "essl", "--ssql-weight", str(a.ssql_weight)]),
                         ("simclr", ["--method", "simclr"])):
-        out = root / f"{a.backbone}-{name.split(' ')[0]}{'-ssql' if 'SSQL' in name else ''}-e{a.epochs}"
+        frac = f"-f{a.fraction:g}" if a.fraction else ""
+        out = root / f"{a.backbone}-{name.split(' ')[0]}{'-ssql' if 'SSQL' in name else ''}-e{a.epochs}{frac}"
         rows[name] = run("train", [*flags, "--backbone", a.backbone, "--epochs", str(a.epochs)], out, a,
-                         ["--quantize", "8,4"])
+                         ["--quantize", a.bits])
     return rows
 
 
@@ -118,13 +120,15 @@ def table(part: str, rows: dict) -> list[str]:
                 lines.append(f"\n{s}: distilled − direct = {100 * gap:+.1f} kNN points "
                              f"(target ≥ +1.0: {'met' if gap >= 0.01 else 'NOT met'})")
         return lines
-    lines = ["| method | fp32 kNN | 8-bit kNN | 4-bit kNN | fp32 linear | 8-bit linear | 4-bit linear | "
-             "train MFLOPs/image |", "|---|---|---|---|---|---|---|---|"]
+    bits = list(next(iter(rows.values()))["eval"]["quantized"])
+    head = [f"{b}-bit {m}" for m in ("kNN", "linear") for b in ["fp32"] + bits]
+    lines = ["| method | " + " | ".join(h.replace("fp32-bit", "fp32") for h in head) + " | train MFLOPs/image |",
+             "|---|" + "---|" * (len(head) + 1)]
     for name, r in rows.items():
         ev, q = r["eval"], r["eval"]["quantized"]
-        lines.append(f"| {name} | {pct(ev['knn_top1'])} | {pct(q['8']['knn_top1'])} | {pct(q['4']['knn_top1'])} | "
-                     f"{pct(ev['linear_top1'])} | {pct(q['8']['linear_top1'])} | {pct(q['4']['linear_top1'])} | "
-                     f"{mflops(r)} |")
+        cells = [pct(ev[f"{m}_top1"]) if b == "fp32" else pct(q[b][f"{m}_top1"]) for m in ("knn", "linear")
+                 for b in ["fp32"] + bits]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mflops(r)} |")
     for name, r in rows.items():
         ev, q = r["eval"], r["eval"]["quantized"]
         drop = ev["knn_top1"] - q["8"]["knn_top1"]
@@ -153,6 +157,8 @@ def main() -> None:
     p.add_argument("--backbone", default="small_cnn", help="backbone of the quantisation runs")
     p.add_argument("--epochs", type=int, default=30, help="epochs of the quantisation runs")
     p.add_argument("--ssql-weight", type=float, default=1.0)
+    p.add_argument("--bits", default="8,4", help="bit-widths the quantisation runs are evaluated at (8 and 4 needed)")
+    p.add_argument("--fraction", type=float, default=None, help="pretrain on this seeded fraction of the training split")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -166,7 +172,8 @@ def main() -> None:
               "machine": cpu_name(), "cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS"),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit_label(),
               "wall_seconds": time.time() - t0, "rows": rows}
-    out = ROOT / "results" / f"small-models-{a.part}-{a.data.split(':')[0]}.json"
+    frac = f"-f{a.fraction:g}" if a.fraction else ""
+    out = ROOT / "results" / f"small-models-{a.part}-{a.data.split(':')[0]}{frac}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['command']}\n{result['machine']}, {result['cpus']} CPUs, OMP_NUM_THREADS={result['threads']}, "
