@@ -22,6 +22,23 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(steal, total) CPU time from /proc/stat, in jiffies: (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Share of CPU time the hypervisor gave to other guests between two `cpu_jiffies()`: on a shared VM it
+    slows a timed row as much as local load does, and the load average does not show it."""
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 1) if total > 0 else None
+
+
 def git_commit() -> str:
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     return r.stdout.strip() or "unknown"

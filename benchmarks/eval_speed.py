@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import commit_label, cpu_name
+from common import commit_label, cpu_jiffies, cpu_name, steal_percent
 
 from leanssl.data.sources import open_dataset
 from leanssl.runfolder import RunFolder
@@ -38,12 +38,13 @@ def run_command(cmd: list[str]) -> str:
 
 def timed_eval(run: str, data: str, cache: str, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "leanssl.cli", "eval", run, "--data", data, "--cache-dir", cache, "--json", *extra]
-    load = os.getloadavg()[0]
+    load, jiffies = os.getloadavg()[0], cpu_jiffies()
     t = time.perf_counter()
     out = run_command(cmd)
     res = json.loads(out.strip().splitlines()[-1])
     return {"command": shlex.join(["leanssl", *cmd[3:]]), "seconds": round(time.perf_counter() - t, 1),
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+            "steal_percent": steal_percent(jiffies, cpu_jiffies()),
             "floors_cached": res.get("floors_cached"), "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1"),
             "protocol_seconds": res.get("seconds")}
 
@@ -76,6 +77,7 @@ def main(argv=None) -> dict:
         r = rows[name]
         where = ", ".join(f"{k} {v:.0f}" for k, v in (r["protocol_seconds"] or {}).items())
         print(f"{name:26s} {r['seconds']:7.1f} s  load {r['load_before']:.2f} -> {r['load_after']:.2f}  "
+              f"CPU steal {r['steal_percent']}%  "
               f"floors cached: {r['floors_cached']}  [{where}]  ({r['command']})", flush=True)
     out = {"machine": cpu_name(), "cores": os.cpu_count(), "commit": commit_label(),
            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "rows": rows}
