@@ -20,7 +20,7 @@ step() {  # step NAME COMMAND...: run it, print its row (stdout/stderr of the co
     printf '| %s | `%s` | %d.%d |\n' "$name" "$*" $((ms / 1000)) $((ms % 1000 / 100))
 }
 step "pretrain" $LEANSSL train --data "$DATA" --method essl --backbone small_cnn --epochs "$EPOCHS" --out "$OUT/fm" --no-progress
-step "evaluate (all protocols)" $LEANSSL eval "$OUT/fm" --data "$DATA" --protocol "$PROTOCOLS"
+step "evaluate ($PROTOCOLS)" $LEANSSL eval "$OUT/fm" --data "$DATA" --protocol "$PROTOCOLS"
 step "evaluate (json)" $LEANSSL eval "$OUT/fm" --data "$DATA" --json --no-baselines
 step "evaluate (10 labels/class)" $LEANSSL eval "$OUT/fm" --data digits --labels-per-class 10
 step "resume a finished run" $LEANSSL train --data "$DATA" --out "$OUT/fm" --resume --no-progress

@@ -16,7 +16,9 @@ import sys
 import uuid
 from pathlib import Path
 
-FLOORS_VERSION = 2  # 2: scikit-learn's probe tolerance, no warm-up fine-tune of the random backbone. Bump when a protocol's computation changes: old entries then stop matching
+# Bump when a protocol's computation changes: old entries then stop matching. 2: the probe's sweep on a subset and
+# 100-iteration refit; the random backbone is fine-tuned without the warm-up variant.
+FLOORS_VERSION = 2
 FLOOR_SETS = ("random_init", "raw_pixels")
 # a field every floor entry must hold for each requested protocol (fine-tuning is not run on raw pixels)
 _REQUIRED = {"knn": "knn_top1", "linear": "linear_top1", "fewshot": "fewshot", "lowlabel": "lowlabel"}

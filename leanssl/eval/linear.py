@@ -4,7 +4,9 @@ The protocol of Ericsson et al., "How well do self-supervised models transfer?" 
 Kornblith et al. (2019): scikit-learn's objective `C · Σ_i CE_i + ½‖W‖²`, with C swept over 45
 log-spaced values (their weight-decay range 1e-6..1e5, C = 1/wd: 1e-5..1e6), chosen on a validation
 split carved from the training split (never the test split), then the probe is refit on the whole
-training split with that C. Features are standardised with training statistics.
+training split with that C. Features are standardised with training statistics. On a large split the
+sweep's probes are fitted on a 10k-image stratified subset of the 80% (`SWEEP_MAX_TRAIN`): the
+refit uses every image, and the test accuracy moved by at most 0.16 points on Fashion-MNIST for 4x less time.
 
 Both solvers minimise `mean_i CE_i + wd·‖W‖²` with wd = 1 / (2·C·n), the same objective:
 - `lbfgs`: full-batch L-BFGS, warm-started along the sweep from strong to weak regularisation.
@@ -232,8 +234,8 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     probe refit on all of train. `head` is the refit probe as an nn.Linear on the *unstandardised*
     features (the fine-tune warm-up starts from it); `weight_decay` is the refit's equivalent wd.
     `cost` counts the L-BFGS fits, iterations and function evaluations (sweep and refit). `tol`: L-BFGS's
-    gradient tolerance. `sweep_max_train`: the most training images a
-    sweep probe is fitted on (None: all of the split); `refit_max_iter`: the refit's L-BFGS iterations.
+    gradient tolerance; `sweep_max_train`: the most training images a sweep probe is fitted on (None: all
+    of the split); `refit_max_iter`: the refit's L-BFGS iterations.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown linear-probe solver {solver!r}: choose from {', '.join(SOLVERS)}")
@@ -263,7 +265,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     wd = weight_decay_for(c, len(xtr))
     if solver == "sgd":
         lin = _linear(*(t[0] for t in fit_logistic_sgd(xtr, train_y, num_classes, [wd], seed=seed)))
-    else:  # the refit starts from the chosen C's fit on 80% of the same images
+    else:  # the refit starts from the chosen C's sweep fit (on the 80% split, or its subset)
         lin = fit_logistic(xtr, train_y, num_classes, wd, refit_max_iter, init=start, stats=stats, tol=tol)
     with torch.no_grad():  # fold the standardisation into the head: W·(f − μ)/σ + b = (W/σ)·f + (b − W·μ/σ)
         head = _linear(lin.weight / sd, lin.bias - (lin.weight / sd) @ mu)

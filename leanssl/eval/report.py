@@ -11,6 +11,8 @@ import re
 import time
 from pathlib import Path
 
+from .linear import SWEEP_MAX_TRAIN
+
 COLUMNS = (("raw_pixels", "raw pixels"), ("random_init", "{backbone}, random init"), ("ssl", "{backbone}, {method}"))
 
 
@@ -70,7 +72,8 @@ def _accuracy_rows(res: dict, cols) -> list[list[str]]:
     row("kNN", f"{_k_text(20, res)}, T={s['knn_t']}", _cell("knn20_top1"))
     row("linear probe", f"logistic regression ({res.get('linear_solver', s['linear_solver'])}), C of {cs['values']} "
         f"log-spaced in {cs['min']:.0e}..{cs['max']:.0e} chosen on a {s['val_fraction']:.0%} validation split of train, "
-        f"refit on all of train; standardised features", _cell(None))
+        f"(its probes fitted on at most {SWEEP_MAX_TRAIN:,} of the rest), refit on all of train; standardised features",
+        _cell(None))
     row("fine-tune", f"{ft['epochs']:g} epochs ({res.get('finetune_steps')} steps), batch {res.get('finetune_batch_size')}, "
         f"SGD-Nesterov lr {ft['lr']:g} cosine, wd {ft['weight_decay']:g}; crop {ft['crop_scale'][0]:g}–"
         f"{ft['crop_scale'][1]:g} + flip; BN in train mode", _cell("finetune_top1"))
