@@ -71,7 +71,7 @@ def _accuracy_rows(res: dict, cols) -> list[list[str]]:
     row("kNN", f"cosine, {_k_text(s['knn_k'], res)}, T={s['knn_t']}, weighted votes", _cell("knn_top1"))
     row("kNN", f"{_k_text(20, res)}, T={s['knn_t']}", _cell("knn20_top1"))
     row("linear probe", f"logistic regression ({res.get('linear_solver', s['linear_solver'])}), C of {cs['values']} "
-        f"log-spaced in {cs['min']:.0e}..{cs['max']:.0e} chosen on a {s['val_fraction']:.0%} validation split of train, "
+        f"log-spaced in {cs['min']:.0e}..{cs['max']:.0e} chosen on a {s['val_fraction']:.0%} validation split of train "
         f"(its probes fitted on at most {SWEEP_MAX_TRAIN:,} of the rest), refit on all of train; standardised features",
         _cell(None))
     row("fine-tune", f"{ft['epochs']:g} epochs ({res.get('finetune_steps')} steps), batch {res.get('finetune_batch_size')}, "
