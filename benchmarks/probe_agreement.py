@@ -11,8 +11,8 @@ printed with the load average beside them and mean nothing on a loaded machine.
 `--labels-per-class N` probes on N seeded labelled images per class (as `leanssl eval --labels-per-class`),
 once per seed of `--seeds`; `--sweeps` may include `auto` (the default: full below 2M feature values).
 `--sweep-max-train 0,10000` compares the sweep fitted on all of the 80% split with one on a 10k subset of it;
-`--tols 1e-7,1e-4` compares L-BFGS gradient tolerances (torch's default, which the probe used before,
-and scikit-learn's, which it uses now) on the same sweep.
+`--tols 1e-7,1e-4` compares L-BFGS gradient tolerances (torch's default, which the probe uses, and
+scikit-learn's, which was measured and not adopted) on the same sweep.
 """
 
 from __future__ import annotations

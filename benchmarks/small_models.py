@@ -64,6 +64,11 @@ def flops(run_dir: Path) -> float:
     return _count_flops(load_run_config(run_dir), torch.device("cpu"))
 
 
+def fraction_tag(a: argparse.Namespace) -> str:
+    """The pretraining fraction in run-folder and result names ("" for all images)."""
+    return f"-f{a.fraction:g}" if a.fraction else ""
+
+
 def length(a: argparse.Namespace) -> list[str]:
     return ["--budget", a.student_budget] if a.student_budget else ["--epochs", str(a.student_epochs)]
 
@@ -85,8 +90,7 @@ def quant(a: argparse.Namespace, root: Path) -> dict:
     for name, flags in (("essl", ["--method", "essl"]),
                         (f"essl + SSQL (w={a.ssql_weight:g})", ["--method", "essl", "--ssql-weight", str(a.ssql_weight)]),
                         ("simclr", ["--method", "simclr"])):
-        frac = f"-f{a.fraction:g}" if a.fraction else ""
-        out = root / f"{a.backbone}-{name.split(' ')[0]}{'-ssql' if 'SSQL' in name else ''}-e{a.epochs}{frac}"
+        out = root / f"{a.backbone}-{name.split(' ')[0]}{'-ssql' if 'SSQL' in name else ''}-e{a.epochs}{fraction_tag(a)}"
         rows[name] = run("train", [*flags, "--backbone", a.backbone, "--epochs", str(a.epochs)], out, a,
                          ["--quantize", a.bits])
     return rows
@@ -172,8 +176,7 @@ def main() -> None:
               "machine": cpu_name(), "cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS"),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit_label(),
               "wall_seconds": time.time() - t0, "rows": rows}
-    frac = f"-f{a.fraction:g}" if a.fraction else ""
-    out = ROOT / "results" / f"small-models-{a.part}-{a.data.split(':')[0]}{frac}.json"
+    out = ROOT / "results" / f"small-models-{a.part}-{a.data.split(':')[0]}{fraction_tag(a)}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['command']}\n{result['machine']}, {result['cpus']} CPUs, OMP_NUM_THREADS={result['threads']}, "

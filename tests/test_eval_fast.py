@@ -78,18 +78,16 @@ def test_sweep_probes_fit_a_stratified_subset_and_the_refit_every_image():
     seen = []
     real = linear_module.fit_logistic
 
-    def spy(x, *a, **kw):
-        seen.append(len(x))
-        return real(x, *a, **kw)
+    def spy(x, y, *a, **kw):
+        seen.append(np.bincount(y.numpy()).tolist())
+        return real(x, y, *a, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(linear_module, "fit_logistic", spy)
         p = linear_probe(xtr, ytr, xte, yte, 4, cs=(0.01, 1.0, 100.0), sweep="full", sweep_max_train=200)
-    assert seen[:-1] == [200] * 3 and seen[-1] == 1200  # the sweep on 200 (50 per class), the refit on all
+    assert seen[:-1] == [[50] * 4] * 3 and seen[-1] == [300] * 4  # the sweep on 200 (50 per class), the refit on all
     full = linear_probe(xtr, ytr, xte, yte, 4, cs=(0.01, 1.0, 100.0), sweep="full", sweep_max_train=None)
     assert abs(p["top1"] - full["top1"]) <= 0.03
-    idx = linear_module._subsample(np.arange(960), np.repeat(np.arange(4), 240), 200, seed=0)
-    assert len(idx) == 200 and np.array_equal(np.bincount(np.repeat(np.arange(4), 240)[idx]), [50] * 4)
 
 
 def test_auto_sweep_fits_every_c_on_a_small_split_and_searches_on_a_large_one(monkeypatch):

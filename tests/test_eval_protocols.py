@@ -75,7 +75,7 @@ def test_batched_logistic_fits_each_problem_as_alone():
         return (nn.functional.cross_entropy(x @ w.T + b, y) + 0.01 * w.pow(2).sum()).item()
 
     for i in range(3):
-        alone = fit_logistic(xs[i], ys[i], 3, 0.01, tol=1e-7)  # the batched default
+        alone = fit_logistic(xs[i], ys[i], 3, 0.01)
         assert objective(xs[i], ys[i], w[i], b[i]) == pytest.approx(
             objective(xs[i], ys[i], alone.weight.detach(), alone.bias.detach()), rel=1e-4)
         assert objective(xs[i], ys[i], w[i], b[i]) < objective(xs[i], ys[i], w[(i + 1) % 3], b[(i + 1) % 3])

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.subsets import stratified_subset
+
 
 def c_grid(values: int = 45) -> tuple[float, ...]:
     """`values` log-spaced C in Ericsson et al.'s range, 1e-5..1e6 (their 1 / logspace(-6, 5, 45) at 45)."""
@@ -148,15 +150,6 @@ def fit_logistic_sgd(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_
     return w.detach(), b.detach()
 
 
-def _subsample(idx: np.ndarray, y: np.ndarray, m: int, seed: int) -> np.ndarray:
-    """A seeded subset of `idx` of about m indices, each class in proportion (at least one of each)."""
-    rng, keep = np.random.default_rng(seed + 1), []
-    for c in np.unique(y[idx]):
-        members = idx[y[idx] == c]
-        keep.append(rng.permutation(members)[:max(1, int(round(m * len(members) / len(idx))))])
-    return np.sort(np.concatenate(keep))
-
-
 def _split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation indices; classes with a single example stay in training."""
     rng = np.random.default_rng(seed)
@@ -250,7 +243,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     y_np = train_y.cpu().numpy()
     tr, va = _split(y_np, val_fraction, seed)
     if sweep_max_train is not None and len(tr) > sweep_max_train:
-        tr = _subsample(tr, y_np, sweep_max_train, seed)
+        tr = tr[stratified_subset(y_np[tr], len(tr), sweep_max_train / len(tr), seed + 1)]
     cs = [float(c) for c in cs]
     val_top1, start, stats = None, None, {"fits": 0, "iters": 0, "evals": 0}
     if len(va):
