@@ -46,13 +46,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import commit_label, cpu_name  # noqa: E402
 
+from leanssl.checks import check_ranges  # noqa: E402
 from leanssl.cli import parse_duration  # noqa: E402
 from leanssl.data.sources import open_dataset, stratified_subset  # noqa: E402
 from leanssl.errors import LeansslError  # noqa: E402
 from leanssl.eval.features import extract_features, pixel_features  # noqa: E402
 from leanssl.eval.knn import knn_top1  # noqa: E402
 from leanssl.eval.linear import c_grid, linear_probe  # noqa: E402
-from leanssl.methods import METHODS  # noqa: E402
+from leanssl.methods import METHODS, get_method  # noqa: E402
+from leanssl.methods.base import config_from_args  # noqa: E402
 from leanssl.device import resolve_device  # noqa: E402
 from leanssl.export import load_run_backbone  # noqa: E402
 from leanssl.runfolder import RunFolder  # noqa: E402
@@ -158,6 +160,37 @@ def _subset(y, n: int | None, seed: int) -> np.ndarray:
     return stratified_subset(np.asarray(y), len(y), n / len(y), seed)
 
 
+def arm_config(arm: Arm, a: Namespace, run: Path, stop_at: float) -> TrainConfig:
+    """A leanssl arm's training config: the command's settings, then the arm's own."""
+    cfg = dict(data=a.data, method=arm.method, backbone=a.backbone, batch_size=a.batch_size, seed=a.seed,
+               device=a.device, fraction=a.fraction, cache_dir=a.cache_dir, warmup_epochs=a.warmup_epochs,
+               epochs=EPOCH_CAP, time_budget=a.budget, progress=False)
+    cfg.update({k: v for k, v in arm.options.items() if k in _TRAIN_FIELDS}, out=str(run), stop_at=stop_at,
+               method_args={k: v for k, v in arm.options.items() if k not in _TRAIN_FIELDS})
+    return TrainConfig(**cfg)
+
+
+def check_arms(arms: list[Arm], a: Namespace, resolution: int) -> None:
+    """Every arm's settings checked before the first trains: a bad one would otherwise stop the run
+    after the arms before it had spent their first slice."""
+    for arm in arms:
+        if arm.peer:
+            extra = sorted(set(arm.options) - {"lr", "batch_size", "workers"})
+            if extra:
+                raise LeansslError(f"arm {arm.name!r}: lightly arms take lr, batch_size and workers only, not "
+                                   f"{', '.join(extra)}")
+            continue
+        try:
+            cfg = arm_config(arm, a, Path(a.out), a.budget)
+            check_ranges(cfg)
+            config_from_args(get_method(cfg.method).Config, cfg.method_args)
+        except (LeansslError, TypeError, ValueError) as e:  # TypeError, ValueError: a value of the wrong kind
+            raise LeansslError(f"arm {arm.name!r}: {e}") from None
+        if cfg.progressive is not None and not 1 <= cfg.progressive < resolution:
+            raise LeansslError(f"arm {arm.name!r}: progressive={cfg.progressive} must be below the data's "
+                               f"{resolution} px")
+
+
 def train_slice(arm: Arm, a: Namespace, run: Path, stop_at: float) -> dict:
     """Train `arm` until its clock passes `stop_at` (or its budget ends); returns the run's summary."""
     resume = RunFolder(run).has_checkpoint()
@@ -170,16 +203,8 @@ def train_slice(arm: Arm, a: Namespace, run: Path, stop_at: float) -> dict:
                        device=a.device, fraction=a.fraction, out=str(run), cache_dir=a.cache_dir, budget=a.budget,
                        warmup_epochs=a.warmup_epochs, workers=opts.pop("workers", None), stop_at=stop_at,
                        resume=resume)
-        if opts:
-            raise LeansslError(f"arm {arm.name!r}: lightly arms take lr, batch_size and workers only, not {', '.join(opts)}")
         return peer_lightly.train_peer(ns)
-    given = {k: v for k, v in arm.options.items() if k in _TRAIN_FIELDS}
-    cfg = dict(data=a.data, method=arm.method, backbone=a.backbone, batch_size=a.batch_size, seed=a.seed,
-               device=a.device, fraction=a.fraction, cache_dir=a.cache_dir, warmup_epochs=a.warmup_epochs,
-               epochs=EPOCH_CAP, time_budget=a.budget, progress=False)
-    cfg.update(given, out=str(run), stop_at=stop_at,
-               method_args={k: v for k, v in arm.options.items() if k not in _TRAIN_FIELDS})
-    return train(TrainConfig(**cfg), resume=resume)
+    return train(arm_config(arm, a, run, stop_at), resume=resume)
 
 
 def load_state(path: Path, identity: dict) -> dict:
@@ -213,6 +238,7 @@ def run(a: Namespace) -> dict:
     state_path = out / "state.json"
     state = load_state(state_path, identity)
     scorer = Scorer(a.data, a.cache_dir, device, a.eval_train, a.eval_test, a.seed, a.eval_resolution)
+    check_arms(arms, a, scorer.ds.resolution)
     if "raw_pixels_knn" not in state:
         state["raw_pixels_knn"] = scorer.knn(*scorer.pixels())
         write_json(state_path, state)

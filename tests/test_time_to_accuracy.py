@@ -89,3 +89,17 @@ def test_arm_and_points_parsing():
     for bad in ("nosuch", "essl:tau"):
         with pytest.raises(tta.LeansslError):
             tta.parse_arm(bad)
+
+
+def test_a_bad_arm_is_refused_before_any_arm_trains(tiny_npz, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tta, "train_slice", lambda *args: pytest.fail("an arm trained"))
+    base = ["--data", f"npz:{tiny_npz}", "--tiny", "--device", "cpu", "--cache-dir", str(tmp_path / "c"),
+            "--out", str(tmp_path / "tta")]
+    # The tiny data are 12 px: a progressive start at 12 px is no smaller (the digits run met this one
+    # only after its first arm's first slice).
+    for arms, message in (("essl,essl:progressive=12", "progressive=12 must be below the data's 12 px"),
+                          ("essl,essl:tau=-1", "tau must be"), ("simclr,essl:nosuch=1", "has no setting nosuch"),
+                          ("essl,lightly-simclr:tau=0.2", "lightly arms take lr, batch_size and workers only")):
+        assert tta.main([*base, "--arms", arms]) == 2
+        err = capsys.readouterr().err
+        assert message in err and arms.split(",")[1] in err
