@@ -59,6 +59,7 @@ from leanssl.device import resolve_device  # noqa: E402
 from leanssl.export import load_run_backbone  # noqa: E402
 from leanssl.runfolder import RunFolder  # noqa: E402
 from leanssl.train import TrainConfig, train  # noqa: E402
+from leanssl.train.images import check_progressive  # noqa: E402
 
 DEFAULT_ARMS = "essl,simclr,byol,mocov2,lightly-simclr,essl:resolution=20"
 # Fixed kNN targets beside the raw-pixel one (issue 14's, for Fashion-MNIST); --targets overrides.
@@ -184,11 +185,9 @@ def check_arms(arms: list[Arm], a: Namespace, resolution: int) -> None:
             cfg = arm_config(arm, a, Path(a.out), a.budget)
             check_ranges(cfg)
             config_from_args(get_method(cfg.method).Config, cfg.method_args)
+            check_progressive(cfg, resolution)
         except (LeansslError, TypeError, ValueError) as e:  # TypeError, ValueError: a value of the wrong kind
             raise LeansslError(f"arm {arm.name!r}: {e}") from None
-        if cfg.progressive is not None and not 1 <= cfg.progressive < resolution:
-            raise LeansslError(f"arm {arm.name!r}: progressive={cfg.progressive} must be below the data's "
-                               f"{resolution} px")
 
 
 def train_slice(arm: Arm, a: Namespace, run: Path, stop_at: float) -> dict:

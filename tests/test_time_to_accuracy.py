@@ -97,7 +97,7 @@ def test_a_bad_arm_is_refused_before_any_arm_trains(tiny_npz, tmp_path, monkeypa
             "--out", str(tmp_path / "tta")]
     # The tiny data are 12 px: a progressive start at 12 px is no smaller (the digits run met this one
     # only after its first arm's first slice).
-    for arms, message in (("essl,essl:progressive=12", "progressive=12 must be below the data's 12 px"),
+    for arms, message in (("essl,essl:progressive=12", "--progressive 12: the first part's views must be smaller"),
                           ("essl,essl:tau=-1", "tau must be"), ("simclr,essl:nosuch=1", "has no setting nosuch"),
                           ("essl,lightly-simclr:tau=0.2", "lightly arms take lr, batch_size and workers only")):
         assert tta.main([*base, "--arms", arms]) == 2

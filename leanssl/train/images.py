@@ -33,10 +33,15 @@ def pretraining_images(cfg: TrainConfig, ctx, folder: RunFolder) -> tuple:
         x = x[stratified_subset(ds.pretrain.y, len(x), cfg.fraction, cfg.seed)]
     x = _with_test_images(cfg, ds, x, ctx.is_main)
     _cap_batch(cfg, len(x), ctx.world, ctx.is_main)
-    if cfg.progressive is not None and not 1 <= cfg.progressive < ds.resolution:
-        raise LeansslError(f"--progressive {cfg.progressive}: the first part's views must be smaller than the "
-                           f"data's {ds.resolution} px (and at least 1)")
+    check_progressive(cfg, ds.resolution)
     return ds, x, DataInfo(len(x), ds.channels, ds.resolution, tuple(ds.mean), tuple(ds.std))
+
+
+def check_progressive(cfg: TrainConfig, resolution: int) -> None:
+    """--progressive's first views must be smaller than the data's own size."""
+    if cfg.progressive is not None and not 1 <= cfg.progressive < resolution:
+        raise LeansslError(f"--progressive {cfg.progressive}: the first part's views must be smaller than the "
+                           f"data's {resolution} px (and at least 1)")
 
 
 def _with_test_images(cfg: TrainConfig, ds, x: np.ndarray, main: bool) -> np.ndarray:
