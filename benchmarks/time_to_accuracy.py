@@ -46,22 +46,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import commit_label, cpu_name  # noqa: E402
 
-from leanssl.checks import check_ranges  # noqa: E402
 from leanssl.cli import parse_duration  # noqa: E402
 from leanssl.data.sources import open_dataset, stratified_subset  # noqa: E402
 from leanssl.errors import LeansslError  # noqa: E402
 from leanssl.eval.features import extract_features, pixel_features  # noqa: E402
 from leanssl.eval.knn import knn_top1  # noqa: E402
 from leanssl.eval.linear import c_grid, linear_probe  # noqa: E402
-from leanssl.methods import METHODS, get_method  # noqa: E402
-from leanssl.methods.base import config_from_args  # noqa: E402
+from leanssl.methods import METHODS  # noqa: E402
 from leanssl.device import resolve_device  # noqa: E402
 from leanssl.export import load_run_backbone  # noqa: E402
 from leanssl.runfolder import RunFolder  # noqa: E402
 from leanssl.train import TrainConfig, train  # noqa: E402
 from leanssl.train.images import check_progressive  # noqa: E402
+from leanssl.train.loop import check_config  # noqa: E402
 
 DEFAULT_ARMS = "essl,simclr,byol,mocov2,lightly-simclr,essl:resolution=20"
+PEER_OPTIONS = {"lr", "batch_size", "workers"}  # what a lightly arm can be given
 # Fixed kNN targets beside the raw-pixel one (issue 14's, for Fashion-MNIST); --targets overrides.
 TARGETS = {"fashion-mnist": (0.824, 0.85, 0.88)}
 EPOCH_CAP = 10_000  # epochs under a budget: no limit in practice (as `leanssl train --budget`)
@@ -176,15 +176,14 @@ def check_arms(arms: list[Arm], a: Namespace, resolution: int) -> None:
     after the arms before it had spent their first slice."""
     for arm in arms:
         if arm.peer:
-            extra = sorted(set(arm.options) - {"lr", "batch_size", "workers"})
+            extra = sorted(set(arm.options) - PEER_OPTIONS)
             if extra:
                 raise LeansslError(f"arm {arm.name!r}: lightly arms take lr, batch_size and workers only, not "
                                    f"{', '.join(extra)}")
             continue
         try:
             cfg = arm_config(arm, a, Path(a.out), a.budget)
-            check_ranges(cfg)
-            config_from_args(get_method(cfg.method).Config, cfg.method_args)
+            check_config(cfg)  # as train() checks it, before the data it needs are open
             check_progressive(cfg, resolution)
         except (LeansslError, TypeError, ValueError) as e:  # TypeError, ValueError: a value of the wrong kind
             raise LeansslError(f"arm {arm.name!r}: {e}") from None
@@ -196,11 +195,11 @@ def train_slice(arm: Arm, a: Namespace, run: Path, stop_at: float) -> dict:
     if arm.peer:
         import peer_lightly
 
-        opts = dict(arm.options)
+        opts = arm.options  # only PEER_OPTIONS (check_arms)
         ns = Namespace(method=arm.method.removeprefix("lightly-"), data=a.data, backbone=a.backbone, epochs=EPOCH_CAP,
-                       batch_size=opts.pop("batch_size", a.batch_size or 256), lr=opts.pop("lr", None), seed=a.seed,
+                       batch_size=opts.get("batch_size", a.batch_size or 256), lr=opts.get("lr"), seed=a.seed,
                        device=a.device, fraction=a.fraction, out=str(run), cache_dir=a.cache_dir, budget=a.budget,
-                       warmup_epochs=a.warmup_epochs, workers=opts.pop("workers", None), stop_at=stop_at,
+                       warmup_epochs=a.warmup_epochs, workers=opts.get("workers"), stop_at=stop_at,
                        resume=resume)
         return peer_lightly.train_peer(ns)
     return train(arm_config(arm, a, run, stop_at), resume=resume)

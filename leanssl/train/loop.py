@@ -54,6 +54,13 @@ from .step import StepResult, TrainStep
 from .stop import GracefulStop, TrainingInterrupted
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """What train() refuses before it writes anything: a field out of range (a config changed after
+    construction), a bad method name or setting."""
+    check_ranges(cfg)
+    config_from_args(get_method(cfg.method).Config, cfg.method_args)
+
+
 def train(cfg: TrainConfig, resume: bool = False, force: bool = False, callbacks: Iterable[Callback] = (),
           clock: Callable[[], float] = time.perf_counter) -> dict:
     """Pretrain and return the summary (also written to summary.json).
@@ -68,8 +75,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, callbacks
     Under torchrun (WORLD_SIZE > 1) the process first joins the others (leanssl.distributed); a rank
     that dies or hangs makes the others stop with a one-line LeansslError within cfg.dist_timeout.
     """
-    check_ranges(cfg)  # a config changed after construction
-    config_from_args(get_method(cfg.method).Config, cfg.method_args)  # a bad method name or value: before any write
+    check_config(cfg)
     ctx = distributed.init_from_env(resolve_device(cfg.device), cfg.dist_timeout)
     lock = None
     try:
