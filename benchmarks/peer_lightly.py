@@ -64,7 +64,7 @@ from leanssl.data.sources import open_dataset, stratified_subset
 from leanssl.device import peak_memory_mb, resolve_device
 from leanssl.methods.base import DataInfo
 from leanssl.methods.common import SMALL_IMAGES
-from leanssl.models.backbones import build_backbone
+from leanssl.models.backbones import DEFAULT_BACKBONE, build_backbone
 from leanssl.runfolder import RunFolder, json_safe
 from leanssl.train import TrainConfig
 from leanssl.train.build import param_groups
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("train", "compare"):
         s = sub.add_parser(name)
         s.add_argument("--data", default="fashion-mnist")
-        s.add_argument("--backbone", default="small_cnn")
+        s.add_argument("--backbone", default=DEFAULT_BACKBONE)
         s.add_argument("--epochs", type=int, default=None, help="default 10; with --budget 10000 (a cap)")
         s.add_argument("--batch-size", type=int, default=256)
         s.add_argument("--fraction", type=float, default=1.0)

@@ -74,10 +74,12 @@ def length(a: argparse.Namespace) -> list[str]:
 
 
 def distill(a: argparse.Namespace, root: Path) -> dict:
-    teacher = root / f"teacher-{a.teacher}"
+    teacher = Path(a.teacher_run) if a.teacher_run else root / f"teacher-{a.teacher}"
+    if a.teacher_run and not (RunFolder(teacher).summary() or {}).get("complete"):
+        raise SystemExit(f"--teacher-run {teacher}: not a finished leanssl run folder")
     res = ["--resolution", str(a.teacher_resolution)] if a.teacher_resolution else []
     rows = {"teacher": run("train", ["--method", "essl", "--backbone", a.teacher, "--epochs", str(a.teacher_epochs),
-                                     *res], teacher, a)}
+                                     *res], teacher, a)}  # a finished --teacher-run is only evaluated
     for s in a.students.split(","):
         tag = a.student_budget or f"e{a.student_epochs}"
         rows[f"{s} distilled"] = run("distill", [str(teacher), "--student", s, *length(a)], root / f"{s}-distill-{tag}", a)
@@ -153,6 +155,8 @@ def main() -> None:
     p.add_argument("--data", default="digits")
     p.add_argument("--teacher", default="resnet18_cifar", help="teacher backbone (distill)")
     p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--teacher-run", default=None, help="a finished run folder to use as the teacher instead of "
+                                                       "training one (distill)")
     p.add_argument("--teacher-resolution", type=int, default=None, help="the teacher's training resolution "
                    "(default: the data's; the students see it resized)")
     p.add_argument("--students", default="small_cnn,mobilenetv3_small_050", help="comma-separated student backbones")

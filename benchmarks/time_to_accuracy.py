@@ -53,6 +53,7 @@ from leanssl.eval.features import extract_features, pixel_features  # noqa: E402
 from leanssl.eval.knn import knn_top1  # noqa: E402
 from leanssl.eval.linear import c_grid, linear_probe  # noqa: E402
 from leanssl.methods import METHODS  # noqa: E402
+from leanssl.models.backbones import DEFAULT_BACKBONE  # noqa: E402
 from leanssl.device import resolve_device  # noqa: E402
 from leanssl.export import load_run_backbone  # noqa: E402
 from leanssl.runfolder import RunFolder  # noqa: E402
@@ -374,7 +375,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
                    help="longest turn an arm trains before the next (default 5m): kNN is taken at every slice end")
     p.add_argument("--targets", default=None, help="kNN targets beside raw pixels, e.g. 0.85,0.88 "
                    "(default: Fashion-MNIST's 82.4/85/88, none elsewhere)")
-    p.add_argument("--backbone", default="small_cnn")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="every arm's (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, help="default: each leanssl method's own (essl and npid 128, the others 256), lightly's 256 (--tiny: 32)")
     p.add_argument("--warmup-epochs", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)

@@ -19,11 +19,13 @@ def _add_train_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     """TrainConfig's flags and every method's settings (leanssl.cli_args), then what only the command has."""
     from .cli_args import add_config_flags, add_method_flags
     from .methods import METHODS
+    from .models.backbones import DEFAULT_BACKBONE
     from .train import TrainConfig
 
     if distill:  # the method is simreg; the backbone is the student
         p.add_argument("teacher", help="the teacher's run folder (its backbone is frozen)")
-        p.add_argument("--student", dest="backbone", default="small_cnn", help="the student backbone (as train --backbone)")
+        p.add_argument("--student", dest="backbone", default=None,
+                       help=f"the student backbone (as train --backbone; default {DEFAULT_BACKBONE}, --resume: the run's own)")
         p.set_defaults(method="simreg")
     add_config_flags(p, TrainConfig, skip=("method", "backbone") if distill else ())
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -50,6 +52,7 @@ def _train_config(a: argparse.Namespace):
     """The TrainConfig a parsed `train` / `distill` command line asks for."""
     from .cli_args import config_values, method_arg_values, method_values
     from .methods import get_method
+    from .models.backbones import DEFAULT_BACKBONE
     from .train import TrainConfig
     from .train.config import BUDGET_EPOCH_CAP
 
@@ -62,11 +65,26 @@ def _train_config(a: argparse.Namespace):
         load_run_config(Path(a.teacher))  # a bad teacher folder fails before any data is decoded
         method_args.update(teacher=str(Path(a.teacher).resolve()))
     method_args.update(method_arg_values(method, a.method_arg))
+    if values["backbone"] is None:  # as a resumed run's batch: a default that changed since does not break a resume
+        values["backbone"] = _resumed_backbone(a) or DEFAULT_BACKBONE
     if values["epochs"] is None:
         values["epochs"] = BUDGET_EPOCH_CAP if a.budget is not None else TrainConfig.epochs
     data_name = a.data.split(":")[0].strip("/").replace("/", "_") or "data"
-    values["out"] = a.out or f"runs/{data_name}-{a.method}-{a.backbone}"
+    values["out"] = a.out or f"runs/{data_name}-{a.method}-{values['backbone']}"
     return TrainConfig(**values, method_args=method_args)
+
+
+def _resumed_backbone(a: argparse.Namespace) -> str | None:
+    """The backbone of the run that `--resume --out DIR` continues (None when there is none to read:
+    the resume itself then says what is wrong)."""
+    from .runfolder import RunFolder
+
+    if not (a.resume and a.out and RunFolder(a.out).is_run()):
+        return None
+    try:
+        return RunFolder(a.out).config_values().get("backbone")
+    except (LeansslError, OSError, AttributeError):
+        return None
 
 
 def _report_skips(summary: dict, out: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .eval.evaluate import evaluate
+from .models.backbones import DEFAULT_BACKBONE
 from .runfolder import RunFolder
 from .train import TrainConfig, train
 
@@ -29,7 +30,7 @@ def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> dict
     epochs = epochs or DEMO_EPOCHS
     # One run folder per length: a rerun continues (or reuses) the run of the same length, never another's.
     run = out / ("run" if epochs == DEMO_EPOCHS else f"run-{epochs}ep")
-    cfg = TrainConfig(data="digits", method="essl", backbone="small_cnn", epochs=epochs,
+    cfg = TrainConfig(data="digits", method="essl", backbone=DEFAULT_BACKBONE, epochs=epochs,
                       batch_size=128, out=str(run), device=device)
     resume = RunFolder(run).has_checkpoint()
     plural = "epoch" if epochs == 1 else "epochs"

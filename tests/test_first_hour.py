@@ -67,7 +67,7 @@ def test_a_file_or_a_missing_path_given_to_data_says_so(tmp_path, capsys):
 def test_start_line_resume_line_and_a_finished_run_refuses_a_longer_schedule(tiny_npz, tmp_path, capsys):
     assert _train(tiny_npz, tmp_path, "--epochs", "2", "--stop-after", "1") == 0
     err = capsys.readouterr().err
-    assert (f"leanssl: training essl (small_cnn) on 96 images of npz:{tiny_npz} at 12 px, batch 16, lr 0.03125, "
+    assert (f"leanssl: training essl (lean_cnn) on 96 images of npz:{tiny_npz} at 12 px, batch 16, lr 0.03125, "
             f"2 epochs x 6 steps = 12 steps, on cpu -> {tmp_path / 'run'}") in err
     # A stopped run continues with its own length when none is given, and says from where.
     assert _train(tiny_npz, tmp_path, "--resume") == 0
@@ -197,8 +197,8 @@ def test_demo_keeps_one_run_per_length(tmp_path, monkeypatch, capsys):
             demo.run_demo(tmp_path, epochs=epochs)
     assert seen == [(str(tmp_path / "run-1ep"), 1, False), (str(tmp_path / "run"), demo.DEMO_EPOCHS, True)]
     out = capsys.readouterr().out
-    assert "pretraining: essl (small_cnn) on scikit-learn digits for 1 epoch ->" in out
-    assert f"continuing (or reusing) the earlier demo run: essl (small_cnn) on scikit-learn digits for " \
+    assert "pretraining: essl (lean_cnn) on scikit-learn digits for 1 epoch ->" in out
+    assert f"continuing (or reusing) the earlier demo run: essl (lean_cnn) on scikit-learn digits for " \
            f"{demo.DEMO_EPOCHS} epochs" in out
 
 

@@ -8,7 +8,7 @@ from leanssl.errors import LeansslError
 from leanssl.models.backbones import build_backbone
 
 
-@pytest.mark.parametrize("name,chans,size", [("small_cnn", 1, 28), ("resnet18_cifar", 3, 32), ("resnet18", 1, 32),
+@pytest.mark.parametrize("name,chans,size", [("small_cnn", 1, 28), ("lean_cnn", 1, 28), ("small_cnn_max", 3, 16), ("resnet18_cifar", 3, 32), ("resnet18", 1, 32),
                                              ("vit_tiny_patch16_224", 3, 32), ("mobilenetv3_small_050", 3, 32),
                                              ("vit_tiny_cifar", 1, 28)])
 def test_backbones_build_and_give_features(name, chans, size):
@@ -16,6 +16,20 @@ def test_backbones_build_and_give_features(name, chans, size):
     with torch.no_grad():
         f = net(torch.randn(2, chans, size, size))
     assert f.shape == (2, net.out_dim)
+
+
+def test_lean_cnn_is_small_cnn_with_a_16_channel_first_stage_and_global_max_pooling():
+    lean, small = build_backbone("lean_cnn", 1, 28).eval(), build_backbone("small_cnn", 1, 28).eval()
+    assert lean.features[0].out_channels == 16 and small.features[0].out_channels == 32
+    assert [m.out_channels for m in lean.features if isinstance(m, torch.nn.Conv2d)][1:] == [64, 128, 256]
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        maps = lean.features(x)  # (3, 256, 4, 4): the max over each channel's 16 positions, by hand
+        ref = torch.stack([torch.stack([maps[i, c].flatten().max() for c in range(256)]) for i in range(3)])
+        assert torch.equal(lean(x), ref)
+        assert torch.allclose(small(x), small.features(x).mean((2, 3)))  # small_cnn keeps average pooling
+    with pytest.raises(RuntimeError, match="size mismatch"):  # one's weights never load into the other silently
+        lean.load_state_dict(small.state_dict())
 
 
 def test_cifar_stem_keeps_resolution_and_timm_keys():

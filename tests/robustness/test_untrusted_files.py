@@ -76,7 +76,7 @@ def test_weights_of_another_architecture_are_a_clear_error(weights, tiny_cfg, ca
     save_file(weights, str(run / "backbone.safetensors"))
     assert main(["eval", cfg.out, "--data", cfg.data, "--cache-dir", cfg.cache_dir, "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "do not fit backbone small_cnn" in err[0], err
+    assert len(err) == 1 and "do not fit backbone lean_cnn" in err[0], err
 
 
 def test_a_crafted_cifar_batch_is_refused_and_never_run(tmp_path):
