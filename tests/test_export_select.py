@@ -34,6 +34,11 @@ def run(tmp_path_factory, tiny_npz):
 
 
 @pytest.fixture(scope="module")
+def lean_run(tmp_path_factory, tiny_npz):
+    return _run(tmp_path_factory, tiny_npz, "lean_cnn")
+
+
+@pytest.fixture(scope="module")
 def timm_run(tmp_path_factory, tiny_npz):
     # timm's 0.37 M-parameter test ResNet (timm >= 1.0); a small real one before that
     return _run(tmp_path_factory, tiny_npz, "test_resnet" if timm.is_model("test_resnet") else "resnet10t")
@@ -75,8 +80,10 @@ def test_timm_exports_load_with_the_documented_lines(timm_run, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("which", ["run", "lean_run"])  # average and max global pooling
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_traced_exports_match_pytorch(run, tmp_path, fmt):
+def test_traced_exports_match_pytorch(request, which, tmp_path, fmt):
+    run = request.getfixturevalue(which)
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
         ort = pytest.importorskip("onnxruntime")

@@ -145,6 +145,18 @@ def test_quantized_backbone_matches_a_hand_quantized_reference(bits):
     assert same(got) > 0.9 and same(full) < 0.1  # on the reference's grid point for point; the float net is not
 
 
+def test_the_default_backbone_quantizes_to_int8_close_to_fp32():
+    """lean_cnn's global max pool goes through torch.ao's int8 path as the average pool does."""
+    from leanssl.quantize import quantize_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("lean_cnn", 1, 16).eval()
+    calib, x = torch.randn(64, 1, 16, 16), torch.randn(32, 1, 16, 16)
+    with torch.no_grad():
+        got, full = quantize_backbone(net, 8, calib)(x), net(x)
+    assert not torch.equal(got, full) and F.cosine_similarity(got, full).min().item() > 0.98
+
+
 def test_int8_onnx_export_runs_in_onnxruntime_and_keeps_the_fp32_accuracy(teacher, tiny_npz, tmp_path):
     """The int8 model against the fp32 one its export traced (that export is itself checked against PyTorch
     to 1e-4, recorded as fp32_max_abs_diff_vs_pytorch): the same kNN accuracy on held-out images."""
