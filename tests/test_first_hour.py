@@ -197,8 +197,8 @@ def test_demo_keeps_one_run_per_length(tmp_path, monkeypatch, capsys):
             demo.run_demo(tmp_path, epochs=epochs)
     assert seen == [(str(tmp_path / "run-1ep"), 1, False), (str(tmp_path / "run"), demo.DEMO_EPOCHS, True)]
     out = capsys.readouterr().out
-    assert "pretraining: essl (lean_cnn) on scikit-learn digits for 1 epoch ->" in out
-    assert f"continuing (or reusing) the earlier demo run: essl (lean_cnn) on scikit-learn digits for " \
+    assert "pretraining: essl (small_cnn) on scikit-learn digits for 1 epoch ->" in out
+    assert f"continuing (or reusing) the earlier demo run: essl (small_cnn) on scikit-learn digits for " \
            f"{demo.DEMO_EPOCHS} epochs" in out
 
 

@@ -26,8 +26,8 @@ class SmallCNN(nn.Module):
     16-channel first stage (the full-resolution stage is the step's most memory-bound part; essl
     trains 1.13x the images/s end to end) and global max pooling. At equal minutes of essl on all
     of Fashion-MNIST it reads 1.8 points more kNN than small_cnn after 10 (85.5% against 83.7%),
-    1.3 of them from the pooling alone (BENCHMARKS.md, "Time to accuracy"). The weights of one do
-    not load into the other.
+    1.3 of them from the pooling alone (BENCHMARKS.md, "Time to accuracy"); on digits' 16-px images
+    it was not better (the demo keeps small_cnn). The weights of one do not load into the other.
     """
 
     def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256), pool: str = "avg"):
