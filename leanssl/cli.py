@@ -25,7 +25,8 @@ def _add_train_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     if distill:  # the method is simreg; the backbone is the student
         p.add_argument("teacher", help="the teacher's run folder (its backbone is frozen)")
         p.add_argument("--student", dest="backbone", default=None,
-                       help=f"the student backbone (as train --backbone; default {DEFAULT_BACKBONE}, --resume: the run's own)")
+                       help=f"the student backbone (as train --backbone; default {DEFAULT_BACKBONE}, "
+                            "--resume: the run's own)")
         p.set_defaults(method="simreg")
     add_config_flags(p, TrainConfig, skip=("method", "backbone") if distill else ())
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -57,9 +57,9 @@ def _cfg(npz, folder: Path, method: str, **kw) -> TrainConfig:
     small_cnn, not the default lean_cnn: a global max pool routes each gradient to one position, so
     the last-bit differences of an all-reduce can move it and the runs part by more than the tolerance.
     """
-    base = dict(data=f"npz:{npz}", method=method, backbone="small_cnn", epochs=2, batch_size=16, lr=0.002, out=str(folder / method),
-                cache_dir=str(folder.parent / "cache"), progress=False, method_args=dict(TINY[method]), sync_bn=True,
-                dist_timeout=60.0)
+    base = dict(data=f"npz:{npz}", method=method, backbone="small_cnn", epochs=2, batch_size=16, lr=0.002,
+                out=str(folder / method), cache_dir=str(folder.parent / "cache"), progress=False,
+                method_args=dict(TINY[method]), sync_bn=True, dist_timeout=60.0)
     return TrainConfig(**{**base, **kw})
 
 
@@ -181,8 +181,8 @@ sys.exit(main(sys.argv[1:]))
 
 def _argv(cfg: TrainConfig) -> list[str]:
     m = cfg.method_args
-    return ["train", "--data", cfg.data, "--method", cfg.method, "--backbone", cfg.backbone, "--epochs", str(cfg.epochs), "--batch-size",
-            str(cfg.batch_size), "--lr", str(cfg.lr), "--dim", str(m["dim"]), "--proj-hidden", str(m["proj_hidden"]),
+    return ["train", "--data", cfg.data, "--method", cfg.method, "--backbone", cfg.backbone, "--epochs",
+            str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--dim", str(m["dim"]), "--proj-hidden", str(m["proj_hidden"]),
             "--negatives", str(m["negatives"]), "--cutmix-alpha", str(m["cutmix_alpha"]), "--out", cfg.out,
             "--cache-dir", cfg.cache_dir, "--no-progress", "--device", "cpu", "--sync-bn", "--dist-timeout", "60"]
 

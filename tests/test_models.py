@@ -8,7 +8,8 @@ from leanssl.errors import LeansslError
 from leanssl.models.backbones import build_backbone
 
 
-@pytest.mark.parametrize("name,chans,size", [("small_cnn", 1, 28), ("lean_cnn", 1, 28), ("small_cnn_max", 3, 16), ("resnet18_cifar", 3, 32), ("resnet18", 1, 32),
+@pytest.mark.parametrize("name,chans,size", [("small_cnn", 1, 28), ("lean_cnn", 1, 28), ("small_cnn_max", 3, 16),
+                                             ("resnet18_cifar", 3, 32), ("resnet18", 1, 32),
                                              ("vit_tiny_patch16_224", 3, 32), ("mobilenetv3_small_050", 3, 32),
                                              ("vit_tiny_cifar", 1, 28)])
 def test_backbones_build_and_give_features(name, chans, size):
