@@ -42,7 +42,7 @@ def timed_eval(run: str, data: str, cache: str, extra: list[str]) -> dict:
     t = time.perf_counter()
     out = run_command(cmd)
     res = json.loads(out.strip().splitlines()[-1])
-    return {"command": shlex.join(["leanssl", *cmd[3:]]), "seconds": round(time.perf_counter() - t, 1),
+    return {"command": shlex.join(["leanssl", *cmd[3:]]), "seconds": round(time.perf_counter() - t, 3),
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
             "steal_percent": steal_percent(jiffies, cpu_jiffies()),
             "floors_cached": res.get("floors_cached"), "knn_top1": res.get("knn_top1"), "linear_top1": res.get("linear_top1"),
