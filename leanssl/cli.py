@@ -80,10 +80,11 @@ def _resumed_backbone(a: argparse.Namespace) -> str | None:
     the resume itself then says what is wrong)."""
     from .runfolder import RunFolder
 
-    if not (a.resume and a.out and RunFolder(a.out).is_run()):
+    folder = RunFolder(a.out) if a.resume and a.out else None
+    if folder is None or not folder.is_run():
         return None
     try:
-        return RunFolder(a.out).config_values().get("backbone")
+        return folder.config_values().get("backbone")
     except (LeansslError, OSError, AttributeError):
         return None
 
