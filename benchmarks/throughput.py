@@ -1,6 +1,6 @@
 """Training images/s of every leanssl method and of lightly's SimCLR, same model, same batch (issue 7).
 
-    python benchmarks/throughput.py                          # CPU: 60k x 1x28x28, small_cnn, batch 256
+    python benchmarks/throughput.py                          # CPU: 60k x 1x28x28, lean_cnn, batch 256
     python benchmarks/throughput.py --device cuda            # GPU: 50k x 3x32x32, resnet18_cifar, batch 512
     python benchmarks/throughput.py --device cuda --compile  # + torch.compile of the networks (as train --compile)
     python benchmarks/throughput.py --device cuda --precision fp32  # without bf16 autocast
@@ -54,6 +54,7 @@ from leanssl.data.loader import DeviceLoader
 from leanssl.methods import get_method, pretraining_methods
 from leanssl.methods.base import DataInfo
 from leanssl.device import resolve_device
+from leanssl.models.backbones import DEFAULT_BACKBONE
 from leanssl.distributed import SingleProcess
 from leanssl.train import TrainConfig
 from leanssl.train.build import build_method, build_optimizer, param_groups
@@ -62,7 +63,7 @@ from leanssl.train.step import TrainStep
 
 ROOT = Path(__file__).resolve().parent
 PROFILES = {  # per device type: data shape, images, backbone, batch, rounds, timed steps and warm-up steps per window
-    "cpu": dict(shape=(1, 28, 28), images=60_000, backbone="small_cnn", batch_size=256, rounds=5, steps=2, warmup=1),
+    "cpu": dict(shape=(1, 28, 28), images=60_000, backbone=DEFAULT_BACKBONE, batch_size=256, rounds=5, steps=2, warmup=1),
     "cuda": dict(shape=(3, 32, 32), images=50_000, backbone="resnet18_cifar", batch_size=512, rounds=5, steps=30, warmup=10),
 }
 PEER = "lightly-simclr"
