@@ -17,3 +17,12 @@ def test_measure_one_method_two_steps():
     assert len(r["images_per_s"]) == 2 and r["median_images_per_s"] > 0
     assert r["flops_per_step"] > 0 and 0 < r["mfu"] < 10
     assert "ratio_to_peer" not in r and len(out["loadavg"]) == 3
+
+
+def test_step_profile_names_the_step_operators(capsys):
+    import step_profile
+
+    table = step_profile.main(["--images", "64", "--batch-size", "8", "--steps", "1", "--backbone", "small_cnn",
+                               "--shapes", "--rows", "200"])
+    assert "aten::convolution_backward" in table and "aten::mm" in table  # the backbone's backward, the bank's scores
+    assert capsys.readouterr().out.startswith("essl, small_cnn, batch 8, 1 steps")
