@@ -49,10 +49,12 @@ class MemoryBank(nn.Module):
         self.weight[idx] = F.normalize(momentum * self.weight[idx] + (1 - momentum) * z.float(), dim=1)
 
     @torch.no_grad()
-    def update_grad(self, cols: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+    def update_grad(self, cols: torch.Tensor, grad: torch.Tensor, lr: float, current: torch.Tensor | None = None) -> None:
         """The paper's correction: a descent step on every scored column, then renormalise.
 
         `grad` is dL/dW[C] of the per-sample *summed* CE loss (the caller rescales autograd's
         batch-mean gradient by B), so the step is W_c <- normalize(W_c + (lr/τ) Σ_r (δ_rc - p_rc) z_r).
+        `current` is W[C] if the caller still holds it (a gather of the whole bank saved per step).
         """
-        self.weight[cols] = F.normalize(self.weight[cols] - lr * grad.float(), dim=1)
+        current = self.weight[cols] if current is None else current
+        self.weight[cols] = F.normalize(current - lr * grad.float(), dim=1)

@@ -75,9 +75,10 @@ def test_grad_bank_update_matches_formula_and_autograd(cutmix_alpha, kl_weight):
     m = _tiny_essl(n, negatives=k, tau=tau, bank_update="grad", bank_lr=eta, cutmix_alpha=cutmix_alpha, kl_weight=kl_weight)
     x, idx = _batch(n, b)
     w0 = m.bank.weight.clone()
-    loss, _ = m.training_step(x[idx], idx, torch.Generator().manual_seed(1), np.random.default_rng(1))
+    loss, _ = m.training_step(x[idx], idx, torch.Generator().manual_seed(1), np.random.default_rng(2))
     loss.backward()
     _, cols, _, z, perm, lam = m._pending
+    assert (lam < 1) == (cutmix_alpha > 0)  # rng 2 draws a box that is not clipped away
     m.after_step()
 
     # Reference 1, the formula of docs/method.md in NumPy: W_c <- normalize(W_c + (η/τ) Σ_r (T_rc - p_rc) z_r)
@@ -102,6 +103,37 @@ def test_grad_bank_update_matches_formula_and_autograd(cutmix_alpha, kl_weight):
     rest = torch.ones(n, dtype=torch.bool)
     rest[cols] = False
     assert torch.equal(m.bank.weight[rest], w0[rest])
+
+
+@pytest.mark.parametrize("cutmix_alpha,kl_weight,bank_update", [(0.5, 20.0, "grad"), (0.0, 20.0, "grad"),
+                                                               (0.5, 0.0, "grad"), (0.5, 20.0, "ema")])
+def test_step_loss_and_gradients_match_plain_autograd(cutmix_alpha, kl_weight, bank_update):
+    # The step scores the bank once and takes one log-softmax for both CE targets; the reference is the
+    # loss written out with two products (SqrtKL's against a detached bank) and F.cross_entropy twice.
+    tau = 0.2
+    m = _tiny_essl(40, negatives=10, tau=tau, bank_update=bank_update, cutmix_alpha=cutmix_alpha, kl_weight=kl_weight)
+    x, idx = _batch(40, 6)
+    w0, seen = m.bank.weight.clone(), {}
+    embed = m.embed
+    m.embed = lambda v: seen.setdefault("z", embed(v))
+    loss, _ = m.training_step(x[idx], idx, torch.Generator().manual_seed(1), np.random.default_rng(2))
+    seen["z"].retain_grad()
+    loss.backward()
+    _, cols, w, _, perm, lam = m._pending
+    assert (lam < 1) == (cutmix_alpha > 0)
+
+    z = seen["z"].detach().clone().requires_grad_(True)
+    wr = w0[cols].clone().requires_grad_(bank_update == "grad")
+    logits = z @ wr.t() / tau
+    rows = torch.arange(6)
+    ref = lam * F.cross_entropy(logits, rows) + (1 - lam) * F.cross_entropy(logits, perm)
+    if kl_weight:
+        ref = ref + kl_weight * sqrt_kl(z @ wr.detach().t())
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(seen["z"].grad, z.grad)
+    if bank_update == "grad":
+        torch.testing.assert_close(w.grad, wr.grad)
 
 
 def test_kl_to_bank_changes_the_bank_gradient():
@@ -175,3 +207,23 @@ def test_npid_is_essl_with_every_addition_off():
 def test_bank_is_in_the_state_dict():
     m = _tiny_essl()
     assert "bank.weight" in m.state_dict()
+
+
+def test_bank_logits_under_bf16_autocast_match_autograd():
+    # On a GPU the step runs under bf16 autocast: the shared product's backward must run in bf16 as
+    # autocast's mm would, and hand back gradients in the inputs' dtypes.
+    from leanssl.methods.essl import bank_logits
+
+    g = torch.Generator().manual_seed(0)
+    z0, w0 = F.normalize(torch.randn(6, 8, generator=g), dim=1), F.normalize(torch.randn(16, 8, generator=g), dim=1)
+    grads = []
+    for fused in (True, False):
+        z, w = z0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            s, s_kl = bank_logits(z, w) if fused else (z @ w.t(), z @ w.detach().t())
+            loss = F.cross_entropy(s.float() / 0.2, torch.arange(6)) + 20 * sqrt_kl(s_kl)
+        loss.backward()
+        assert s.dtype == torch.bfloat16 and z.grad.dtype == w.grad.dtype == torch.float32
+        grads.append((z.grad, w.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)

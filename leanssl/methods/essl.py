@@ -73,6 +73,43 @@ def sqrt_kl(s: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logu)).sum(1).mean()
 
 
+class _BankLogits(torch.autograd.Function):
+    """s = z·Wᵀ computed once and returned twice: the first copy's gradient reaches z and W, the
+    second's (SqrtKL's, which must not move the bank) only z.
+
+    Autograd would need a second product z·sg(W)ᵀ for the second copy and a second backward
+    product for its dz; this does one forward and two backward products instead of five
+    (measured: BENCHMARKS.md, "essl's CPU step"). Under autocast the backward products run in the
+    forward's dtype, as autocast's own mm would.
+    """
+
+    @staticmethod
+    def forward(ctx, z, w):
+        s = z @ w.t()
+        ctx.save_for_backward(z, w)
+        ctx.dtype = s.dtype
+        return s, s.detach()
+
+    @staticmethod
+    def backward(ctx, g_both, g_z_only):
+        z, w = ctx.saved_tensors
+        dt = ctx.dtype
+        g = g_both if g_z_only is None else (g_z_only if g_both is None else g_both + g_z_only)
+        dz = (g.to(dt) @ w.to(dt)).to(z.dtype) if ctx.needs_input_grad[0] else None
+        dw = None
+        if ctx.needs_input_grad[1] and g_both is not None:
+            dw = (g_both.to(dt).t() @ z.to(dt)).to(w.dtype)
+        return dz, dw
+
+
+def bank_logits(z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, s_kl): the same cosines z·Wᵀ; s_kl's gradient reaches z only (see _BankLogits)."""
+    if not w.requires_grad:
+        s = z @ w.t()
+        return s, s
+    return _BankLogits.apply(z, w)
+
+
 def cutmix(v: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.Generator,
            half: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Paste a box of image π(r) into image r. Returns the mixed batch, π and λ (the kept area).
@@ -160,12 +197,11 @@ class ESSL(Method):
         w = self.bank.weight[cols]  # a copy: the bank itself is only changed in after_step
         if cfg.bank_update == "grad":
             w.requires_grad_(True)  # its gradient comes out of the same backward pass
-        s = z @ w.t()
-        logits = s.float() / cfg.tau
-        ce = lam * F.cross_entropy(logits, rows) + (1 - lam) * F.cross_entropy(logits, perm)
+        s, s_kl = (z @ w.t(),) * 2 if cfg.kl_to_bank else bank_logits(z, w)
+        logp = F.log_softmax(s.float() / cfg.tau, dim=1)  # one softmax for both CE targets (= F.cross_entropy twice)
+        ce = -(lam * logp.gather(1, rows[:, None]) + (1 - lam) * logp.gather(1, perm[:, None])).mean()
         loss, logs = ce, {"ce": ce.detach()}
         if cfg.kl_weight > 0:
-            s_kl = s if (cfg.kl_to_bank or not w.requires_grad) else z @ w.detach().t()
             kl = sqrt_kl(s_kl)
             loss = loss + cfg.kl_weight * kl
             logs["kl"] = kl.detach()
@@ -185,4 +221,5 @@ class ESSL(Method):
         elif w.grad is not None:
             # autograd gives the batch-mean gradient (of each rank's share: averaged over ranks, the
             # global batch's); x B for the summed convention of bank_lr.
-            self.bank.update_grad(cols, distributed.mean_over_ranks(w.grad) * batch_idx.numel(), self.cfg.bank_lr)
+            self.bank.update_grad(cols, distributed.mean_over_ranks(w.grad) * batch_idx.numel(), self.cfg.bank_lr,
+                                  current=w.detach())
