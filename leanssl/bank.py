@@ -56,5 +56,5 @@ class MemoryBank(nn.Module):
         batch-mean gradient by B), so the step is W_c <- normalize(W_c + (lr/τ) Σ_r (δ_rc - p_rc) z_r).
         `current` is W[C] if the caller still holds it (a gather of the whole bank saved per step).
         """
-        current = self.weight[cols] if current is None else current
+        current = self.weight.index_select(0, cols) if current is None else current
         self.weight[cols] = F.normalize(current - lr * grad.float(), dim=1)

@@ -26,3 +26,10 @@ def test_step_profile_names_the_step_operators(capsys):
                                "--shapes", "--rows", "200"])
     assert "aten::convolution_backward" in table and "aten::mm" in table  # the backbone's backward, the bank's scores
     assert capsys.readouterr().out.startswith("essl, small_cnn, batch 8, 1 steps")
+
+
+def test_bank_gather_times_every_variant():
+    import bank_gather
+
+    out = bank_gather.main(["--rows", "100", "--dim", "4", "--cols", "10", "--repeats", "1"])
+    assert len(out) == 4 and all(v > 0 for v in out.values())

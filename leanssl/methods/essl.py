@@ -194,7 +194,9 @@ class ESSL(Method):
         z = self.embed(v)
 
         cols = self.bank.columns(batch_idx, cfg.negatives, gen)
-        w = self.bank.weight[cols]  # a copy: the bank itself is only changed in after_step
+        # A copy (the bank itself changes only in after_step); index_select, not W[cols]: 5x faster on a
+        # CPU for 10k rows (benchmarks/bank_gather.py).
+        w = self.bank.weight.index_select(0, cols)
         if cfg.bank_update == "grad":
             w.requires_grad_(True)  # its gradient comes out of the same backward pass
         s, s_kl = (z @ w.t(),) * 2 if cfg.kl_to_bank else bank_logits(z, w)
