@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from common import commit_label, cpu_name
+
 
 def per_call_ms(f, n: int = 50) -> float:
     f()
@@ -42,7 +44,8 @@ def main(argv=None) -> dict:
     for _ in range(a.repeats):
         for k, f in variants.items():
             times[k].append(per_call_ms(f))
-    print(f"{a.rows} x {a.dim} bank, {a.cols} rows, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
+    print(f"{a.rows} x {a.dim} bank, {a.cols} rows; {cpu_name()}, {torch.get_num_threads()} threads, "
+          f"load {os.getloadavg()[0]:.2f}; commit {commit_label()}")
     out = {}
     for k, v in times.items():
         out[k] = sorted(v)[len(v) // 2]

@@ -102,9 +102,10 @@ class _BankLogits(torch.autograd.Function):
         return dz, dw
 
 
-def bank_logits(z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, s_kl): the same cosines z·Wᵀ; s_kl's gradient reaches z only (see _BankLogits)."""
-    if not w.requires_grad:
+def bank_logits(z: torch.Tensor, w: torch.Tensor, kl_to_bank: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, s_kl): the same cosines z·Wᵀ; s_kl's gradient reaches z only (see _BankLogits), unless
+    `kl_to_bank` (the ablation) or the bank rows take no gradient (the ema rule)."""
+    if kl_to_bank or not w.requires_grad:
         s = z @ w.t()
         return s, s
     return _BankLogits.apply(z, w)
@@ -199,7 +200,7 @@ class ESSL(Method):
         w = self.bank.weight.index_select(0, cols)
         if cfg.bank_update == "grad":
             w.requires_grad_(True)  # its gradient comes out of the same backward pass
-        s, s_kl = (z @ w.t(),) * 2 if cfg.kl_to_bank else bank_logits(z, w)
+        s, s_kl = bank_logits(z, w, cfg.kl_to_bank)
         logp = F.log_softmax(s.float() / cfg.tau, dim=1)  # one softmax for both CE targets (= F.cross_entropy twice)
         ce = -(lam * logp.gather(1, rows[:, None]) + (1 - lam) * logp.gather(1, perm[:, None])).mean()
         loss, logs = ce, {"ce": ce.detach()}
