@@ -195,7 +195,7 @@ class ESSL(Method):
         z = self.embed(v)
 
         cols = self.bank.columns(batch_idx, cfg.negatives, gen)
-        # A copy (the bank itself changes only in after_step); index_select, not W[cols]: 5x faster on a
+        # A copy (the bank itself changes only in after_step); index_select, not W[cols]: ~5x faster on a
         # CPU for 10k rows (benchmarks/bank_gather.py).
         w = self.bank.weight.index_select(0, cols)
         if cfg.bank_update == "grad":
