@@ -30,16 +30,19 @@ class SmallCNN(nn.Module):
     it was not better (the demo keeps small_cnn). The weights of one do not load into the other.
     """
 
-    def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256), pool: str = "avg"):
+    def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256), pool: str = "avg",
+                 depths: tuple[int, ...] | None = None):
         super().__init__()
         if pool not in ("avg", "max"):
             raise ValueError(f"pool must be avg or max, not {pool!r}")
+        depths = depths or (1,) * len(widths)
         layers: list[nn.Module] = []
         c = in_chans
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            layers += [nn.Conv2d(c, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            c = w
+        for i, (w, d) in enumerate(zip(widths, depths)):
+            for j in range(d):  # the first conv of every stage but the first halves the map
+                stride = 2 if i > 0 and j == 0 else 1
+                layers += [nn.Conv2d(c, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                c = w
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.num_features = self.out_dim = c
@@ -67,6 +70,8 @@ _LOCAL = {
     "small_cnn": lambda c, s: SmallCNN(c),
     "small_cnn_max": lambda c, s: SmallCNN(c, pool="max"),
     "lean_cnn": lambda c, s: SmallCNN(c, widths=(16, 64, 128, 256), pool="max"),
+    "lean_cnn_deep": lambda c, s: SmallCNN(c, widths=(16, 64, 128, 256), pool="max", depths=(1, 1, 2, 2)),
+    "lean_cnn_wide": lambda c, s: SmallCNN(c, widths=(16, 64, 128, 512), pool="max"),
     "resnet18_cifar": lambda c, s: cifar_stem(timm.create_model("resnet18", num_classes=0, in_chans=c), c),
     "resnet50_cifar": lambda c, s: cifar_stem(timm.create_model("resnet50", num_classes=0, in_chans=c), c),
     # timm's ViT-Tiny with 4-px patches (7x7 / 8x8 tokens at 28 / 32 px): vit_tiny_patch16_224 at that size
