@@ -1,6 +1,6 @@
 """The demo's recipe (essl on scikit-learn digits, 60 epochs, batch 128) with small_cnn and lean_cnn, in turns.
 
-    python benchmarks/demo_backbones.py [--out runs/demo-backbones] [--seeds 0,1]
+    python benchmarks/demo_backbones.py [--out runs/demo-backbones] [--seeds 0,1] [--backbones small_cnn,lean_cnn]
 
 Prints one JSON line per run: kNN and linear top-1 on the 450 test images, images/s, load. It is
 the check behind the demo keeping small_cnn while `leanssl train` defaults to lean_cnn.
@@ -20,9 +20,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo-backbones")
     p.add_argument("--seeds", default="0,1")
+    p.add_argument("--backbones", default="small_cnn,lean_cnn", help="comma-separated, trained in turns per seed")
     a = p.parse_args()
     for seed in (int(s) for s in a.seeds.split(",")):
-        for backbone in ("small_cnn", "lean_cnn"):
+        for backbone in a.backbones.split(","):
             out = f"{a.out}/{backbone}-s{seed}"
             cfg = TrainConfig(data="digits", method="essl", backbone=backbone, epochs=60, batch_size=128, out=out,
                               seed=seed, device="cpu", progress=False)

@@ -9,6 +9,7 @@ from leanssl.models.backbones import build_backbone
 
 
 @pytest.mark.parametrize("name,chans,size", [("small_cnn", 1, 28), ("lean_cnn", 1, 28), ("small_cnn_max", 3, 16),
+                                             ("lean_cnn_deep", 1, 28), ("lean_cnn_wide", 3, 16),
                                              ("resnet18_cifar", 3, 32), ("resnet18", 1, 32),
                                              ("vit_tiny_patch16_224", 3, 32), ("mobilenetv3_small_050", 3, 32),
                                              ("vit_tiny_cifar", 1, 28)])
@@ -31,6 +32,20 @@ def test_lean_cnn_is_small_cnn_with_a_16_channel_first_stage_and_global_max_pool
         assert torch.allclose(small(x), small.features(x).mean((2, 3)))  # small_cnn keeps average pooling
     with pytest.raises(RuntimeError, match="size mismatch"):  # one's weights never load into the other silently
         lean.load_state_dict(small.state_dict())
+
+
+def test_lean_cnn_variants_add_convs_at_the_small_maps_or_width_at_the_last():
+    """lean_cnn_deep: a second stride-1 conv in the 7- and 4-px stages; lean_cnn_wide: 512 last channels."""
+    def convs(net):
+        return [(m.in_channels, m.out_channels, m.stride[0]) for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert convs(build_backbone("lean_cnn_deep", 1, 28)) == [(1, 16, 1), (16, 64, 2), (64, 128, 2), (128, 128, 1),
+                                                             (128, 256, 2), (256, 256, 1)]
+    wide = build_backbone("lean_cnn_wide", 1, 28)
+    assert convs(wide) == [(1, 16, 1), (16, 64, 2), (64, 128, 2), (128, 512, 2)] and wide.out_dim == 512
+    lean = build_backbone("lean_cnn", 1, 28)
+    n = sum(9 * i * o + 2 * o for i, o, _ in convs(lean))  # conv weights + BN affine, counted by hand
+    assert sum(p.numel() for p in lean.parameters()) == n == 378_928
+    assert list(lean.state_dict())[:3] == ["features.0.weight", "features.1.weight", "features.1.bias"]  # keys unchanged
 
 
 def test_cifar_stem_keeps_resolution_and_timm_keys():
