@@ -34,8 +34,9 @@ class TrainConfig:
     data: str = opt("digits", "data SPEC: digits, fashion-mnist[:PATH], mnist:PATH, cifar10:PATH, cifar100:PATH, "
                               "stl10:PATH, folder:PATH (or a bare folder), npz:PATH", required=True)
     method: str = opt("essl", "the method (default {default}); its flags are listed by `leanssl train --method NAME --help`")
-    backbone: str = opt(DEFAULT_BACKBONE, "lean_cnn (default; --resume: the run's own), small_cnn, resnet18_cifar, "
-                                          "resnet50_cifar, vit_tiny_cifar or any timm model name", cli_default=None)
+    backbone: str = opt(DEFAULT_BACKBONE, "lean_cnn (default; --resume: the run's own), lean_cnn_wide, small_cnn, "
+                                          "resnet18_cifar, resnet50_cifar, vit_tiny_cifar or any timm model name",
+                        cli_default=None)
     epochs: int = opt(100, "epochs (default {default}; with --budget, a cap)", cli_default=None)
     batch_size: int | None = opt(None, "global batch (default: the method's, essl and npid 128, the others 256): under "
                                        "torchrun it is split evenly across the processes")
