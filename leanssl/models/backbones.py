@@ -30,9 +30,10 @@ class SmallCNN(nn.Module):
     it was not better (the demo keeps small_cnn). The weights of one do not load into the other.
 
     Two variants of lean_cnn for longer runs: `lean_cnn_wide` (512 channels in the last stage,
-    512-d features, 0.67 M) trains about a third fewer images/s but read 0.5 kNN and 1.3 linear
-    points more after 10 minutes on Fashion-MNIST; `lean_cnn_deep` (a second conv in the 7- and
-    4-px stages, 1.12 M) was behind at every point of 10 minutes (BENCHMARKS.md).
+    512-d features, 0.67 M) trains about a third fewer images/s but read 0.3-0.5 kNN and about one
+    linear point more after 10 minutes on Fashion-MNIST, while lifting two-view peers more (not the
+    default for that reason); `lean_cnn_deep` (a second conv in the 7- and 4-px stages, 1.12 M) was
+    behind at every point of 10 minutes (BENCHMARKS.md).
     """
 
     def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256), pool: str = "avg",
