@@ -50,7 +50,7 @@ from leanssl.cli import parse_duration  # noqa: E402
 from leanssl.data.sources import open_dataset, stratified_subset  # noqa: E402
 from leanssl.errors import LeansslError  # noqa: E402
 from leanssl.eval.features import extract_features, pixel_features  # noqa: E402
-from leanssl.eval.knn import knn_top1  # noqa: E402
+from leanssl.eval.knn import KNN_K, knn_top1s  # noqa: E402
 from leanssl.eval.linear import c_grid, linear_probe  # noqa: E402
 from leanssl.methods import METHODS  # noqa: E402
 from leanssl.models.backbones import DEFAULT_BACKBONE  # noqa: E402
@@ -65,6 +65,10 @@ DEFAULT_ARMS = "essl,simclr,byol,mocov2,lightly-simclr,essl:resolution=20"
 PEER_OPTIONS = {"lr", "batch_size", "workers"}  # what a lightly arm can be given
 # Fixed kNN targets beside the raw-pixel one (issue 14's, for Fashion-MNIST); --targets overrides.
 TARGETS = {"fashion-mnist": (0.824, 0.85, 0.88)}
+# A second, secondary kNN readout (DINO's k): with 60,000 labelled neighbours k = 200 averages over
+# far more of them than a class's local structure needs, and reads several points lower on the
+# same features (BENCHMARKS.md). Every target is still judged at the protocol's k = 200.
+K_SMALL = 20
 EPOCH_CAP = 10_000  # epochs under a budget: no limit in practice (as `leanssl train --budget`)
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
@@ -146,8 +150,9 @@ class Scorer:
         return tuple(extract_features(net, x, *args, progress=False).to(self.device)
                      for x in (ds.train.x[self.tr], ds.test.x[self.te]))
 
-    def knn(self, ftr, fte) -> float:
-        return knn_top1(ftr, self.ytr, fte, self.yte, self.classes)
+    def knn(self, ftr, fte) -> dict[int, float]:
+        """Top-1 at the protocol's k (200, which every target is judged at) and at the secondary K_SMALL."""
+        return knn_top1s(ftr, self.ytr, fte, self.yte, self.classes, ks=(KNN_K, K_SMALL))
 
     def linear(self, ftr, fte, c_values: int, seed: int) -> float:
         return linear_probe(ftr, self.ytr, fte, self.yte, self.classes, seed=seed, cs=c_grid(c_values))["top1"]
@@ -238,10 +243,12 @@ def run(a: Namespace) -> dict:
     state = load_state(state_path, identity)
     scorer = Scorer(a.data, a.cache_dir, device, a.eval_train, a.eval_test, a.seed, a.eval_resolution)
     check_arms(arms, a, scorer.ds.resolution)
-    if "raw_pixels_knn" not in state:
-        state["raw_pixels_knn"] = scorer.knn(*scorer.pixels())
+    if "raw_pixels_knn_small" not in state:  # the small-k floor is new: an older state has only k = 200's
+        both = scorer.knn(*scorer.pixels())
+        state["raw_pixels_knn"], state["raw_pixels_knn_small"] = both[KNN_K], both[K_SMALL]
         write_json(state_path, state)
-    print(f"tta: raw pixels kNN {100 * state['raw_pixels_knn']:.2f}%", flush=True)
+    print(f"tta: raw pixels kNN {100 * state['raw_pixels_knn']:.2f}% (k={K_SMALL}: "
+          f"{100 * state['raw_pixels_knn_small']:.2f}%)", flush=True)
 
     for r, end in enumerate(ends):
         for arm in arms if r % 2 == 0 else arms[::-1]:  # the order flips every round
@@ -254,8 +261,9 @@ def run(a: Namespace) -> dict:
             load_after = os.getloadavg()[0]
             t0 = time.perf_counter()
             ftr, fte = scorer.features(run_dir)
+            knn = scorer.knn(ftr, fte)
             point = {"slice_end": end, "seconds": summary["train_seconds"], "steps": summary["steps_done"],
-                     "images_seen": summary["images_seen"], "knn_top1": scorer.knn(ftr, fte),
+                     "images_seen": summary["images_seen"], "knn_top1": knn[KNN_K], "knn_small_top1": knn[K_SMALL],
                      "load_before": load_before, "load_after": load_after}
             if summary["complete"]:
                 rec["final"] = {**point, "linear_top1": scorer.linear(ftr, fte, a.linear_c_values, a.seed),
@@ -263,8 +271,8 @@ def run(a: Namespace) -> dict:
             point["eval_seconds"] = time.perf_counter() - t0
             rec["points"].append(point)
             write_json(state_path, state)
-            print(f"tta: {arm.name}: {summary['train_seconds'] / 60:.2f} min, kNN {100 * point['knn_top1']:.2f}%, "
-                  f"load {load_before:.1f}->{load_after:.1f}", flush=True)
+            print(f"tta: {arm.name}: {summary['train_seconds'] / 60:.2f} min, kNN {100 * point['knn_top1']:.2f}% "
+                  f"(k={K_SMALL}: {100 * point['knn_small_top1']:.2f}%), load {load_before:.1f}->{load_after:.1f}", flush=True)
     results = summarise(state, arms, a)
     write_json(out / "results.json", results)
     plot(results, out / "knn_vs_time.png")
@@ -293,11 +301,14 @@ def summarise(state: dict, arms: list[Arm], a: Namespace) -> dict:
         rows[arm.name] = {"points": pts, "final": rec["final"],
                           "knn_at": {_duration(t): (knn_at(pts, t) or {}).get("knn_top1") for t in a.points
                                      if t <= a.budget},
+                          "knn_small_at": {_duration(t): (knn_at(pts, t) or {}).get("knn_small_top1")
+                                           for t in a.points if t <= a.budget},
                           "minutes_to": {f"{100 * t:.1f}": minutes_to(pts, t) for t in targets},
                           "load_mean": float(np.mean(loads)) if loads else None,
                           "load_max": float(max(loads)) if loads else None}
     return {"data": a.data, "fraction": a.fraction, "backbone": a.backbone, "batch_size": a.batch_size, "seed": a.seed,
             "budget_s": a.budget, "points_s": a.points, "raw_pixels_knn": state["raw_pixels_knn"], "targets": targets,
+            "knn_small_k": K_SMALL, "raw_pixels_knn_small": state.get("raw_pixels_knn_small"),
             "eval_train": a.eval_train, "eval_test": a.eval_test, "eval_resolution": a.eval_resolution, "arms": rows, "command": a.command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
                        f"torch {torch.__version__}",
@@ -337,8 +348,22 @@ def report(res: dict, out: Path) -> str:
     for name, r in res["arms"].items():
         lines.append(f"| {name} | " + " | ".join("–" if m is None else f"{m:.1f}" for m in r["minutes_to"].values())
                      + " |")
+    lines += _small_k_table(res, pts)
     lines += ["", f"![kNN against training wall-clock]({(out / 'knn_vs_time.png').name})", ""]
     return "\n".join(lines)
+
+
+def _small_k_table(res: dict, pts: list[str]) -> list[str]:
+    """The secondary readout (k = K_SMALL), raw pixels included; absent from states older than it."""
+    k = res.get("knn_small_k")
+    if k is None or res.get("raw_pixels_knn_small") is None:
+        return []
+    lines = ["", f"The same features read with k = {k} (secondary: every target above is judged at k = 200); "
+             f"raw pixels at k = {k}: {_pct(res['raw_pixels_knn_small'])}.", "",
+             "| arm | " + " | ".join(f"kNN k={k} @ {p}" for p in pts) + " |", "|" + "---|" * (len(pts) + 1)]
+    for name, r in res["arms"].items():
+        lines.append(f"| {name} | " + " | ".join(_pct(r.get("knn_small_at", {}).get(p)) for p in pts) + " |")
+    return lines
 
 
 def plot(res: dict, path: Path) -> None:

@@ -64,15 +64,19 @@ def test_time_to_accuracy_round_robin_resumes_and_scores_each_arm(tiny_npz, tmp_
     native = tta.Scorer(data, str(tmp_path / "c"), torch.device("cpu"), None, None, 0, at="native")
     ev = evaluate(small, data, ["knn"], baselines=False, device="cpu", cache_dir=str(tmp_path / "c"), progress=False,
                   report=False, resolution="native")
-    assert native.knn(*native.features(small)) == pytest.approx(ev["knn_top1"], abs=1e-6) and ev["resolution"] == 12
+    assert native.knn(*native.features(small))[200] == pytest.approx(ev["knn_top1"], abs=1e-6) and ev["resolution"] == 12
     # The raw-pixel floor against an independent NumPy kNN on the centred pixels.
     ds = open_dataset(data, None, str(tmp_path / "c"), progress=False)
     xtr = ds.train.x.reshape(len(ds.train.x), -1) / 255.0
     xte = ds.test.x.reshape(len(ds.test.x), -1) / 255.0
     mu = xtr.mean(0)
-    expected = (_knn_by_hand(xtr - mu, np.asarray(ds.train.y), xte - mu) == np.asarray(ds.test.y)).mean()
-    assert res["raw_pixels_knn"] == pytest.approx(expected, abs=1e-6)
-    assert (out / "knn_vs_time.png").stat().st_size > 0 and "Raw-pixel kNN" in (out / "report.md").read_text()
+    for key, k in (("raw_pixels_knn", 200), ("raw_pixels_knn_small", tta.K_SMALL)):  # k=200 and the secondary k
+        expected = (_knn_by_hand(xtr - mu, np.asarray(ds.train.y), xte - mu, k=k) == np.asarray(ds.test.y)).mean()
+        assert res[key] == pytest.approx(expected, abs=1e-6)
+    assert all(0 <= p["knn_small_top1"] <= 1 for r in res["arms"].values() for p in r["points"])
+    report = (out / "report.md").read_text()
+    assert (out / "knn_vs_time.png").stat().st_size > 0 and "Raw-pixel kNN" in report
+    assert f"kNN k={tta.K_SMALL} @ 2 s" in report
 
     calls.clear()
     assert tta.main(argv) == 0 and calls == []  # rerunning the same command continues: nothing left to do
