@@ -19,6 +19,7 @@ How it measures:
 - After every slice the arm's checkpoint is scored by kNN (k=200, T=0.1) on the test split against the
   labelled training split, decoded at the arm's resolution; evaluation is outside the training clock
   (the clock is the training loop's, including essl's calibration pass, excluding data decoding).
+  The same pass also reads k=20 (DINO's kNN), reported as a second table; targets are judged at k=200.
   A linear probe scores each arm's finished backbone.
 - Raw-pixel kNN (the floor) is computed once. Time to a target = the training clock of the first slice
   end at or above it (an upper bound, as fine as the slices).
