@@ -51,7 +51,7 @@ from leanssl.cli import parse_duration  # noqa: E402
 from leanssl.data.sources import open_dataset, stratified_subset  # noqa: E402
 from leanssl.errors import LeansslError  # noqa: E402
 from leanssl.eval.features import extract_features, pixel_features  # noqa: E402
-from leanssl.eval.knn import KNN_K, knn_top1s  # noqa: E402
+from leanssl.eval.knn import KNN_K, KNN_K_SMALL as K_SMALL, knn_top1s  # noqa: E402
 from leanssl.eval.linear import c_grid, linear_probe  # noqa: E402
 from leanssl.methods import METHODS  # noqa: E402
 from leanssl.models.backbones import DEFAULT_BACKBONE  # noqa: E402
@@ -66,10 +66,9 @@ DEFAULT_ARMS = "essl,simclr,byol,mocov2,lightly-simclr,essl:resolution=20"
 PEER_OPTIONS = {"lr", "batch_size", "workers"}  # what a lightly arm can be given
 # Fixed kNN targets beside the raw-pixel one (issue 14's, for Fashion-MNIST); --targets overrides.
 TARGETS = {"fashion-mnist": (0.824, 0.85, 0.88)}
-# A second, secondary kNN readout (DINO's k): with 60,000 labelled neighbours k = 200 averages over
-# far more of them than a class's local structure needs, and reads several points lower on the
-# same features (BENCHMARKS.md). Every target is still judged at the protocol's k = 200.
-K_SMALL = 20
+# K_SMALL, the second kNN readout (DINO's k = 20, as `leanssl eval` prints): with 60,000 labelled
+# neighbours k = 200 votes far beyond an image's own neighbourhood and reads several points lower on
+# the same features (BENCHMARKS.md). Every target is still judged at the protocol's k = 200.
 EPOCH_CAP = 10_000  # epochs under a budget: no limit in practice (as `leanssl train --budget`)
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
@@ -287,6 +286,11 @@ def knn_at(points: list[dict], seconds: float) -> dict | None:
     return before[-1] if before else None
 
 
+def _series(points: list[dict], key: str, a: Namespace) -> dict:
+    """`key` of the backbone each of `--points` had ({"2 min": 0.83, ...}; None where no slice had ended)."""
+    return {_duration(t): (knn_at(points, t) or {}).get(key) for t in a.points if t <= a.budget}
+
+
 def minutes_to(points: list[dict], target: float) -> float | None:
     hit = next((p for p in points if p["knn_top1"] >= target), None)
     return None if hit is None else hit["seconds"] / 60
@@ -300,16 +304,13 @@ def summarise(state: dict, arms: list[Arm], a: Namespace) -> dict:
         pts = sorted(rec["points"], key=lambda p: p["slice_end"])
         loads = [v for p in pts for v in (p["load_before"], p["load_after"])]
         rows[arm.name] = {"points": pts, "final": rec["final"],
-                          "knn_at": {_duration(t): (knn_at(pts, t) or {}).get("knn_top1") for t in a.points
-                                     if t <= a.budget},
-                          "knn_small_at": {_duration(t): (knn_at(pts, t) or {}).get("knn_small_top1")
-                                           for t in a.points if t <= a.budget},
+                          "knn_at": _series(pts, "knn_top1", a), "knn_small_at": _series(pts, "knn_small_top1", a),
                           "minutes_to": {f"{100 * t:.1f}": minutes_to(pts, t) for t in targets},
                           "load_mean": float(np.mean(loads)) if loads else None,
                           "load_max": float(max(loads)) if loads else None}
     return {"data": a.data, "fraction": a.fraction, "backbone": a.backbone, "batch_size": a.batch_size, "seed": a.seed,
             "budget_s": a.budget, "points_s": a.points, "raw_pixels_knn": state["raw_pixels_knn"], "targets": targets,
-            "knn_small_k": K_SMALL, "raw_pixels_knn_small": state.get("raw_pixels_knn_small"),
+            "knn_small_k": K_SMALL, "raw_pixels_knn_small": state["raw_pixels_knn_small"],
             "eval_train": a.eval_train, "eval_test": a.eval_test, "eval_resolution": a.eval_resolution, "arms": rows, "command": a.command,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
                        f"torch {torch.__version__}",
@@ -355,15 +356,13 @@ def report(res: dict, out: Path) -> str:
 
 
 def _small_k_table(res: dict, pts: list[str]) -> list[str]:
-    """The secondary readout (k = K_SMALL), raw pixels included; absent from states older than it."""
-    k = res.get("knn_small_k")
-    if k is None or res.get("raw_pixels_knn_small") is None:
-        return []
+    """The secondary readout (k = K_SMALL), raw pixels included; points older than it show –."""
+    k = res["knn_small_k"]
     lines = ["", f"The same features read with k = {k} (secondary: every target above is judged at k = 200); "
              f"raw pixels at k = {k}: {_pct(res['raw_pixels_knn_small'])}.", "",
              "| arm | " + " | ".join(f"kNN k={k} @ {p}" for p in pts) + " |", "|" + "---|" * (len(pts) + 1)]
     for name, r in res["arms"].items():
-        lines.append(f"| {name} | " + " | ".join(_pct(r.get("knn_small_at", {}).get(p)) for p in pts) + " |")
+        lines.append(f"| {name} | " + " | ".join(_pct(r["knn_small_at"][p]) for p in pts) + " |")
     return lines
 
 

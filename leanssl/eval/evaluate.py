@@ -31,7 +31,7 @@ from .features import extract_features, pixel_features
 from .fewshot import FewShotConfig, fewshot_eval
 from .finetune import FinetuneConfig, finetune
 from .floors import floor_key, load_floors, save_floors
-from .knn import KNN_K, KNN_T, knn_top1s
+from .knn import KNN_K, KNN_K_SMALL, KNN_T, knn_top1s
 from .linear import C_GRID, SOLVERS, SWEEPS, linear_probe
 from .report import report_path, write_report
 
@@ -187,8 +187,8 @@ def evaluate(run_dir, data: str, protocols=DEFAULT_PROTOCOLS, labels_per_class: 
         res = {}
         if "knn" in protocols:
             with timed("knn"):
-                acc = knn_top1s(ftr, ytr, fte, yte, num_classes, (settings.knn_k, 20), settings.knn_t)
-            res["knn_top1"], res["knn20_top1"] = acc[settings.knn_k], acc[20]
+                acc = knn_top1s(ftr, ytr, fte, yte, num_classes, (settings.knn_k, KNN_K_SMALL), settings.knn_t)
+            res["knn_top1"], res["knn20_top1"] = acc[settings.knn_k], acc[KNN_K_SMALL]
         finetuning = "finetune" in protocols and net is not None
         if "linear" in protocols or finetuning:  # fine-tuning's warm-up starts from the probe
             with timed("linear"):

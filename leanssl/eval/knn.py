@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 KNN_K = 200
 KNN_T = 0.1
+KNN_K_SMALL = 20  # the second readout (DINO's k), reported beside KNN_K
 
 
 @torch.no_grad()

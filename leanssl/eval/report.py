@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 
+from .knn import KNN_K_SMALL
 from .linear import SWEEP_MAX_TRAIN
 
 COLUMNS = (("raw_pixels", "raw pixels"), ("random_init", "{backbone}, random init"), ("ssl", "{backbone}, {method}"))
@@ -69,7 +70,7 @@ def _accuracy_rows(res: dict, cols) -> list[list[str]]:
             rows.append([name, setting] + cells)
 
     row("kNN", f"cosine, {_k_text(s['knn_k'], res)}, T={s['knn_t']}, weighted votes", _cell("knn_top1"))
-    row("kNN", f"{_k_text(20, res)}, T={s['knn_t']}", _cell("knn20_top1"))
+    row("kNN", f"{_k_text(KNN_K_SMALL, res)}, T={s['knn_t']}", _cell("knn20_top1"))
     row("linear probe", f"logistic regression ({res.get('linear_solver', s['linear_solver'])}), C of {cs['values']} "
         f"log-spaced in {cs['min']:.0e}..{cs['max']:.0e} chosen on a {s['val_fraction']:.0%} validation split of train "
         f"(its probes fitted on at most {SWEEP_MAX_TRAIN:,} of the rest), refit on all of train; standardised features",
